@@ -1,0 +1,140 @@
+"""The ``mediaserver`` command line: argument parsing and dispatch only.
+
+Each subcommand lives in its own module; this one parses, configures logging
+once, and hands over. Subcommands whose issue has not landed yet exit with
+status 69 (EX_UNAVAILABLE) and a one-line message saying so, but their
+``--help`` already documents the interface they will have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from mediaserver import __version__
+from mediaserver.logs import configure_logging
+
+__all__ = ["EX_UNAVAILABLE", "build_parser", "main"]
+
+EX_UNAVAILABLE = 69
+
+_DESCRIPTION = """\
+Telephony media-server emulator: the sending side of a call-audio fork.
+Takes call legs (real SIP + RTP, or simulated legs from audio files), decodes,
+detects silence and DTMF, mixes and resamples, and delivers the audio the way
+jambonz `listen`, Kazoo `record_call` and SignalWire `record_call` do."""
+
+
+def _not_yet(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(_args: argparse.Namespace) -> int:
+        print(
+            f"mediaserver {name}: not yet available in this version ({issue}); "
+            "run `mediaserver demo` for the DSP pipeline demo.",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE
+
+    return run
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mediaserver.demo import run_demo
+
+    return run_demo(out_dir=args.out, seconds=args.seconds, calls=args.calls)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mediaserver",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default: INFO)"
+    )
+    parser.add_argument(
+        "--log-json",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="JSON log lines (default: JSON unless stderr is a terminal)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the SIP/RTP media server that real SIP equipment can call",
+        description="Answer SIP calls, run the application's verbs (listen, dial, "
+        "record_call, ...) on each call, and fork or record the audio.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="server TOML (see configs/server.toml)")
+    serve.add_argument("--sip", metavar="HOST:PORT", help="SIP listen address (UDP)")
+    serve.add_argument("--rtp-ports", metavar="LOW-HIGH", help="RTP port range")
+    serve.add_argument(
+        "--app",
+        metavar="FILE_OR_URL",
+        help="verb-array JSON file, or an http(s) URL POSTed the call attributes per call",
+    )
+    serve.add_argument("--max-calls", type=int, metavar="N", help="answer 503 beyond N calls")
+    serve.set_defaults(func=_not_yet("serve", "the SIP front door issue"))
+
+    call = sub.add_parser(
+        "call",
+        help="place scripted simulated calls against an app (no SIP equipment needed)",
+        description="Play audio files as call legs through the same RTP receive path "
+        "as a SIP call and run the app's verbs on them.",
+    )
+    call.add_argument("app", metavar="APP", help="verb-array JSON file or app URL")
+    call.add_argument(
+        "--caller", metavar="SRC", help="audio file, tone:FREQ[:SECONDS] or silence:SECONDS"
+    )
+    call.add_argument("--callee", metavar="SRC", help="what the caller hears (as if bridged)")
+    call.add_argument("--dtmf", metavar="SPEC", help='key presses, e.g. "1@2.5,#@4" (seconds)')
+    call.add_argument("--dtmf-mode", choices=["rfc4733", "inband"], default="rfc4733")
+    call.add_argument("--codec", choices=["PCMU", "PCMA", "G722", "OPUS", "L16"], default="PCMU")
+    call.add_argument("--ptime", type=int, default=20, metavar="MS")
+    call.add_argument("--speed", type=float, default=1.0, metavar="X", help="media clock speed-up")
+    call.add_argument("--calls", type=int, default=1, metavar="N", help="concurrent calls")
+    call.add_argument("--json", action="store_true", help="print a JSON summary last on stdout")
+    call.set_defaults(func=_not_yet("call", "the listen / call harness issue"))
+
+    receiver = sub.add_parser(
+        "receiver",
+        help="run the reference audio.jambonz.org WebSocket receiver",
+        description="Accept listen forks, validate the stream, write WAV + metadata + "
+        "event log per call.",
+    )
+    receiver.add_argument("--listen", metavar="HOST:PORT", default="127.0.0.1:8765")
+    receiver.add_argument("--out", metavar="DIR", default="out/receiver")
+    receiver.add_argument("--auth", metavar="USER:PASS", help="require HTTP Basic auth")
+    receiver.add_argument("--play", metavar="FILE", help="answer with playAudio of FILE")
+    receiver.set_defaults(func=_not_yet("receiver", "the listen / call harness issue"))
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the DSP pipeline on generated calls and write the result as WAV",
+        description="Generate caller/callee audio with DTMF, push it through G.711, "
+        "the jitter-free DSP chain (decode, resample, silence and DTMF detection, stereo "
+        "mix) as a batch, report what was detected and write a stereo WAV.",
+    )
+    demo.add_argument("--out", default="out", metavar="DIR", help="where to write demo.wav")
+    demo.add_argument("--seconds", type=float, default=6.0, help="length of each demo call")
+    demo.add_argument("--calls", type=int, default=4, help="how many calls in the batch")
+    demo.set_defaults(func=_run_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        configure_logging(args.log_level, json=args.log_json)
+    except ValueError as exc:
+        parser.error(str(exc))
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The command line: help describes the real subcommands; stubs say so clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from mediaserver.cli import EX_UNAVAILABLE, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mediaserver.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_describes_serve_call_and_receiver() -> None:
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for name in ("serve", "call", "receiver", "demo"):
+        assert name in res.stdout
+    serve = run_cli("serve", "--help").stdout
+    for opt in ("--config", "--sip", "--rtp-ports", "--app", "--max-calls"):
+        assert opt in serve
+    call = run_cli("call", "--help").stdout
+    for opt in ("--caller", "--callee", "--dtmf", "--dtmf-mode", "--codec", "--speed", "--calls"):
+        assert opt in call
+
+
+@pytest.mark.parametrize("argv", [["serve"], ["call", "app.json"], ["receiver"]])
+def test_unavailable_subcommands_exit_69_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == EX_UNAVAILABLE
+    assert "not yet available" in capsys.readouterr().err
+
+
+def test_bad_choice_is_a_usage_error_naming_the_option() -> None:
+    res = run_cli("call", "app.json", "--codec", "GSM")
+    assert res.returncode == 2
+    assert "--codec" in res.stderr and "GSM" in res.stderr
