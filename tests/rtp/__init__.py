@@ -1,0 +1,1 @@
+"""Tests for rtp/: one test module per source module."""
