@@ -3,12 +3,12 @@
 Owns the four G.711 conversions (``ulaw_encode``/``ulaw_decode``,
 ``alaw_encode``/``alaw_decode``) and the lookup tables behind them. The tables
 are computed once at import, vectorised, from the G.711 segment/quantisation
-rules; encoding is one gather (``np.take``) from a 65536-entry table indexed by
-the int16 sample viewed as uint16. Decoding gathers from a 256-entry table, or,
-when the last axis is C-contiguous and of even length (a 20 ms frame is 160
-codes), from a 65536-entry table of decoded *pairs* indexed by two code bytes
-viewed as one uint16: half the gathers, which is what makes a batched decode
-beat per-leg ``audioop`` calls (measured in ``bench/dsp_codecs.py``). Every
+rules; encoding is one gather from a 65536-entry table indexed by the int16
+sample viewed as uint16. Decoding gathers from a 256-entry table, or, for a
+batch whose last axis is C-contiguous and of even length (a 20 ms frame is
+160 codes), from a 65536-entry table of decoded *pairs* indexed by two code
+bytes viewed as one uint16: half the gathers, which is what makes a batched
+decode beat per-leg ``audioop`` calls (measured in ``bench/dsp_codecs.py``). Every
 function works on any array shape, so a batch ``[legs, samples]`` is one call.
 
 Reduction of 16-bit input to G.711's uniform input follows the classic
@@ -130,13 +130,25 @@ def _require_dtype(array: NDArray[np.generic], dtype: type[np.generic], what: st
         raise ValueError(f"{what} must be a numpy array of {np.dtype(dtype).name}, got {got}")
 
 
+# Below this many samples (one leg's frame) plain fancy indexing has less
+# fixed overhead than np.take; above it np.take gathers about twice as fast.
+_SMALL = 1024
+
+
 def _decode(
     codes: NDArray[np.uint8], table: NDArray[np.int16], pairs: NDArray[np.uint32]
 ) -> NDArray[np.int16]:
-    if codes.ndim >= 1 and codes.shape[-1] % 2 == 0 and codes.flags.c_contiguous:
+    if codes.size < _SMALL:
+        return table[codes]
+    if codes.shape[-1] % 2 == 0 and codes.flags.c_contiguous:
         decoded: NDArray[np.int16] = np.take(pairs, codes.view(np.uint16)).view(np.int16)
         return decoded
     return np.take(table, codes)
+
+
+def _encode(pcm: NDArray[np.int16], table: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    index = pcm.view(np.uint16)
+    return table[index] if pcm.size < _SMALL else np.take(table, index)
 
 
 def ulaw_decode(codes: NDArray[np.uint8]) -> NDArray[np.int16]:
@@ -154,7 +166,7 @@ def ulaw_encode(pcm: NDArray[np.int16]) -> NDArray[np.uint8]:
     Raises ``ValueError`` if ``pcm`` is not an int16 array.
     """
     _require_dtype(pcm, np.int16, "PCM")
-    return np.take(_ULAW_ENCODE, pcm.view(np.uint16))
+    return _encode(pcm, _ULAW_ENCODE)
 
 
 def alaw_decode(codes: NDArray[np.uint8]) -> NDArray[np.int16]:
@@ -172,4 +184,4 @@ def alaw_encode(pcm: NDArray[np.int16]) -> NDArray[np.uint8]:
     Raises ``ValueError`` if ``pcm`` is not an int16 array.
     """
     _require_dtype(pcm, np.int16, "PCM")
-    return np.take(_ALAW_ENCODE, pcm.view(np.uint16))
+    return _encode(pcm, _ALAW_ENCODE)

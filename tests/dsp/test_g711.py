@@ -44,6 +44,9 @@ def test_decode_matches_audioop_for_all_256_codes(
 ) -> None:
     expected = np.frombuffer(ref_decode(ALL_CODES.tobytes(), 2), dtype=np.int16)
     np.testing.assert_array_equal(decode(ALL_CODES), expected)
+    # A tick's worth of codes takes the batched (code-pair table) path.
+    many = np.tile(ALL_CODES, (8, 2))
+    np.testing.assert_array_equal(decode(many), np.tile(expected, (8, 2)))
 
 
 @LAWS
@@ -68,11 +71,11 @@ def test_batches_keep_their_shape_and_match_row_by_row(encode: Encode, decode: D
 
 @LAW_PAIRS
 @pytest.mark.parametrize("length", [0, 1, 159, 160, 161])
-def test_decode_of_odd_sliced_and_strided_inputs_matches_element_by_element(
+def test_decode_of_odd_sliced_and_strided_batches_matches_code_by_code(
     encode: Encode, decode: Decode, length: int
 ) -> None:
     rng = np.random.default_rng(length)
-    codes = rng.integers(0, 256, size=(4, 2 * length + 2), dtype=np.uint8)
+    codes = rng.integers(0, 256, size=(32, 2 * length + 2), dtype=np.uint8)
     per_code = decode(ALL_CODES)
     for view in (codes[:, :length], codes[:, ::2][:, :length], codes[::2, 1 : length + 1]):
         np.testing.assert_array_equal(decode(view), per_code[view.astype(np.intp)])
