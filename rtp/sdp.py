@@ -2,7 +2,7 @@
 
 Owns three things:
 
-* the **model and codec of SDP text**: :meth:`SessionDescription.parse` turns
+* the **model and text form of SDP**: :meth:`SessionDescription.parse` turns
   text (``str`` or ``bytes``, CRLF or LF line ends) into frozen dataclasses and
   ``str(sdp)`` / ``bytes(sdp)`` turn them back into CRLF text;
 * the **answerer** (UAS side): :func:`negotiate` picks one audio codec from an
@@ -33,8 +33,9 @@ Parsing choices (strict on structure, lenient on harmless variations):
 * accepted: trailing whitespace, blank lines, runs of spaces between fields,
   any order of lines inside a section, a missing ``s=`` (read as ``s=-``), a
   missing ``t=`` (read as ``t=0 0``), fractional ``ptime``, a port-0 ``m=``
-  line with no formats, repeated identical ``rtpmap`` lines (the first wins),
-  and unknown line types (kept, serialised at the end of their section).
+  line with no formats, several ``rtpmap`` lines for one payload type (the
+  first wins), and unknown line types (kept, serialised at the end of their
+  section).
 
 Serialisation writes the RFC 8866 line order; ``parse(str(sdp)) == sdp``
 holds for every description ``parse`` accepts.
@@ -918,6 +919,8 @@ def _choose_ptime(
 def _address_type(address: str) -> tuple[str, str]:
     """("IP4" | "IP6", address without brackets) for our own address; hostnames are IP4."""
     host = address.strip("[]")
+    if not re.fullmatch(r"[^\s/]+", host):
+        raise ValueError(f"local_address {address!r} is not an IP address or host name")
     ip = _ip(host)
     if ip is not None and ip.version == 6:
         return "IP6", host
@@ -932,6 +935,8 @@ def _origin(
     username: str,
 ) -> Origin:
     addrtype, host = _address_type(address)
+    if not re.fullmatch(r"\S+", username):
+        raise ValueError(f"o= username {username!r} must be one word")
     if previous is not None:
         # RFC 3264 section 8: same o= line, version incremented by one.
         old = previous.origin
@@ -939,12 +944,19 @@ def _origin(
     if session_id is None:
         session_id = secrets.randbits(62)
     version = 1 if session_version is None else session_version
+    if session_id < 0 or version < 0:
+        raise ValueError("session_id and session_version must not be negative")
     return Origin(username, session_id, version, "IN", addrtype, host)
 
 
 def _our_connection(address: str) -> Connection:
     addrtype, host = _address_type(address)
     return Connection("IN", addrtype, host)
+
+
+def _check_session_name(name: str) -> None:
+    if any(c in name for c in "\r\n\x00"):
+        raise ValueError(f"session_name {name!r} may not contain CR, LF or NUL")
 
 
 def _check_port(port: int) -> None:
@@ -999,6 +1011,7 @@ def negotiate(
     usable, saying why for each ``m=`` line.
     """
     _check_port(local_port)
+    _check_session_name(session_name)
     wanted = [_parse_codec_key(key) for key in supported]
     chosen: tuple[int, PayloadFormat] | None = None
     reasons: list[str] = []
@@ -1157,6 +1170,7 @@ def build_offer(
     codec's rate. Pass our ``previous`` SDP of this session for a re-INVITE.
     """
     _check_port(local_port)
+    _check_session_name(session_name)
     if not codecs:
         raise ValueError("build_offer needs at least one codec")
     parsed = [_parse_codec_key(key) for key in codecs]

@@ -611,9 +611,31 @@ def test_fresh_sessions_get_different_ids() -> None:
     assert len(ids) == 5
 
 
-def test_bad_local_port_is_refused() -> None:
-    with pytest.raises(ValueError, match="local_port"):
-        answer(SIPP_UAC, local_port=0)
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [
+        ("local_port", 0, "local_port"),
+        ("local_port", 70000, "local_port"),
+        ("local_address", "", "local_address"),
+        ("local_address", "10.0.0.1 evil", "local_address"),
+        ("username", "two words", "username"),
+        ("session_name", "a\r\nm=video 1 RTP/AVP 0", "session_name"),
+        ("session_id", -1, "negative"),
+    ],
+)
+def test_our_own_bad_options_are_refused(option: str, value: object, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        answer(SIPP_UAC, **{option: value})
+
+
+ZOIPER_CODECS = ["PCMU", "PCMA", "G722", "opus"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.permutations(ZOIPER_CODECS))
+def test_the_first_preferred_codec_offered_wins(preference: list[str]) -> None:
+    media = answer(ZOIPER, preference=tuple(preference)).media
+    assert media.codec.split("/")[0] == preference[0]
 
 
 # --------------------------------------------------------------------------- offering
