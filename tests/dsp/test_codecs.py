@@ -8,6 +8,7 @@ import warnings
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -26,6 +27,7 @@ from dsp.codecs import (
     PcmError,
     UnsupportedCodecError,
     UnsupportedPtimeError,
+    _mono_int16,
     get_codec,
     supported_codecs,
 )
@@ -314,6 +316,28 @@ def test_stereo_opus_from_the_far_end_is_heard_as_mono() -> None:
     mix = ((left + right) // 2).astype(np.int16)
     r, _ = aligned_correlation(mix, np.concatenate(heard), rate, MAX_DELAY_MS["opus/48000/2"])
     assert r >= 0.95
+
+
+@pytest.mark.parametrize(
+    ("layout", "sample_format"),
+    [("stereo", "s16"), ("stereo", "s16p"), ("stereo", "fltp"), ("stereo", "flt"), ("mono", "flt")],
+)
+def test_decoded_frames_in_any_layout_become_mono_int16(layout: str, sample_format: str) -> None:
+    # Whatever FFmpeg hands back (a stereo stream, a float decoder), the leg
+    # gets mono int16 at full scale: the average of the channels.
+    left = np.array([1000, -2000, 30000, -32768, 7], dtype=np.int16)
+    right = np.array([3000, 2000, 30000, -32768, 7], dtype=np.int16)
+    channels = [left, right] if layout == "stereo" else [left]
+    planes: NDArray[Any] = np.stack(channels)
+    if sample_format.startswith("flt"):
+        planes = planes.astype(np.float32) / 32768
+    if not sample_format.endswith("p"):
+        planes = planes.T.reshape(1, -1)  # packed: channels interleaved in one row
+    frame = av.AudioFrame.from_ndarray(planes, format=sample_format, layout=layout)
+    expected = np.mean(np.stack(channels).astype(np.float64), axis=0)
+    mono = _mono_int16(frame)
+    assert mono.dtype == np.int16
+    np.testing.assert_array_equal(mono, expected.astype(np.int16))
 
 
 # --- G.711 and L16: stateless, batchable ---------------------------------------------
