@@ -340,6 +340,15 @@ class Arrival(enum.Enum):
     """A large sequence jump not (yet) confirmed, or a straggler from the replaced SSRC."""
 
 
+# Module-level aliases: reading a global is cheaper than an Enum class attribute on the hot path.
+_NEXT = Arrival.NEXT
+_LATE = Arrival.LATE
+_NEW_SOURCE = Arrival.NEW_SOURCE
+_RESTART = Arrival.RESTART
+_PROBATION = Arrival.PROBATION
+_STRAY = Arrival.STRAY
+
+
 class SequenceTracker:
     """Extended sequence numbers and loss for one SSRC (RFC 3550 appendix A.1).
 
@@ -420,11 +429,11 @@ class SequenceTracker:
                     self._start_run(seq)
                     self._run_received = 1
                     self.extended = seq
-                    return Arrival.NEW_SOURCE
+                    return _NEW_SOURCE
             else:  # out of order: this packet starts a new run of sequential ones
                 self.probation = self.min_sequential - 1
                 self.max_seq = seq
-            return Arrival.PROBATION
+            return _PROBATION
         delta = (seq - max_seq) & 0xFFFF
         if 0 < delta < self.max_dropout:
             if seq < max_seq:
@@ -432,11 +441,11 @@ class SequenceTracker:
             self.max_seq = seq
             self._run_received += 1
             self.extended = self.cycles + seq
-            return Arrival.NEXT
+            return _NEXT
         if delta == 0 or delta > _SEQ_MOD - self.max_misorder:
             self._run_received += 1
             self.extended = self.cycles + max_seq + delta - (_SEQ_MOD if delta else 0)
-            return Arrival.LATE
+            return _LATE
         if seq == self._bad_seq:
             self._prior_expected += self.cycles + max_seq - self.base_seq + 1
             self._prior_received += self._run_received
@@ -444,9 +453,9 @@ class SequenceTracker:
             self._start_run(seq)
             self._run_received = 1
             self.extended = seq
-            return Arrival.RESTART
+            return _RESTART
         self._bad_seq = (seq + 1) & 0xFFFF
-        return Arrival.STRAY
+        return _STRAY
 
     @property
     def extended_max(self) -> int:
@@ -557,30 +566,38 @@ class RtpSource:
         tracker = self._tracker
         if ssrc == self.ssrc and tracker is not None:
             arrival = tracker.update(sequence)
-            if arrival is Arrival.RESTART:
+            if arrival is _RESTART:
                 self._last_timestamp = None
-            elif arrival is Arrival.STRAY:
+            elif arrival is _STRAY:
                 self.strays += 1
                 return arrival
         else:
             arrival = self._other_ssrc(ssrc, sequence)
-            if arrival is not Arrival.NEW_SOURCE:
+            if arrival is not _NEW_SOURCE:
                 self.strays += 1
                 return arrival
-        if audio:
-            self._update_jitter(timestamp, now)
+        if audio:  # RFC 3550 A.8, inlined: this runs for every packet of every call
+            arrived = now * self.clock_rate
+            last = self._last_timestamp
+            if last is not None:
+                # D(i-1, i) = (R_i - R_{i-1}) - (S_i - S_{i-1}); J += (|D| - J) / 16
+                sent = ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+                d = arrived - self._last_arrival - sent
+                self.jitter += ((d if d >= 0 else -d) - self.jitter) * 0.0625
+            self._last_arrival = arrived
+            self._last_timestamp = timestamp
         return arrival
 
     def _other_ssrc(self, ssrc: int, sequence: int) -> Arrival:
         if ssrc == self._replaced_ssrc and seq_diff(sequence, self._replaced_max) <= 0:
-            return Arrival.STRAY
+            return _STRAY
         candidate = self._candidate
         if candidate is None or ssrc != self._candidate_ssrc:
             candidate = self._new_tracker(sequence)
             self._candidate, self._candidate_ssrc = candidate, ssrc
         arrival = candidate.update(sequence)
-        if arrival is not Arrival.NEW_SOURCE:
-            return Arrival.PROBATION
+        if arrival is not _NEW_SOURCE:
+            return _PROBATION
         old = self._tracker
         if old is not None and self.ssrc is not None:
             self._prior_expected += old.expected
@@ -593,17 +610,6 @@ class RtpSource:
         self.jitter = 0.0
         self._last_timestamp = None
         return arrival
-
-    def _update_jitter(self, timestamp: int, now: float) -> None:
-        arrival = now * self.clock_rate
-        last = self._last_timestamp
-        if last is not None:
-            # D(i-1, i) = (R_i - R_{i-1}) - (S_i - S_{i-1}); J += (|D| - J) / 16
-            elapsed = ((timestamp - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000
-            d = arrival - self._last_arrival - elapsed
-            self.jitter += (abs(d) - self.jitter) / 16.0
-        self._last_arrival = arrival
-        self._last_timestamp = timestamp
 
     @property
     def jitter_seconds(self) -> float:
