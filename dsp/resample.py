@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 __all__ = [
@@ -64,6 +65,9 @@ STOPBAND_DB = 88.0
 MIN_STOPBAND_DB = 86.0
 MAX_PASSBAND_DB = 0.03
 """Largest accepted passband deviation from 0 dB of a finished design."""
+
+_WINDOW_BLOCK = 1 << 18
+"""Window samples (float32) copied per matmul on the few-legs, many-groups path: ~1 MB."""
 
 _INT16_MIN = -32768.0
 _INT16_MAX = 32767.0
@@ -333,9 +337,21 @@ class Resampler:
         group, matrix = f.periods, f.matrix
         step_in, step_out, width = group * down, group * up, matrix.shape[0]
         full = periods // group
-        for g in range(full):
-            a, b = g * step_in, g * step_out
-            np.matmul(buf[:, a : a + width], matrix, out=out[:, b : b + step_out])
+        if full > 4 * rows and rows * width <= _WINDOW_BLOCK // 16:
+            # Few legs, many groups (a long signal): copy the groups' windows into
+            # one matrix (blocks of ~1 MB) and multiply once per block, instead of
+            # paying a matmul call per group on a handful of rows.
+            windows = sliding_window_view(buf, width, axis=1)[:, ::step_in]
+            per_block = max(1, _WINDOW_BLOCK // (rows * width))
+            for g0 in range(0, full, per_block):
+                g1 = min(full, g0 + per_block)
+                block = windows[:, g0:g1].reshape(rows * (g1 - g0), width)
+                product = block @ matrix
+                out[:, g0 * step_out : g1 * step_out] = product.reshape(rows, -1)
+        else:
+            for g in range(full):
+                a, b = g * step_in, g * step_out
+                np.matmul(buf[:, a : a + width], matrix, out=out[:, b : b + step_out])
         rest = periods - full * group
         if rest:
             a, b = full * step_in, full * step_out

@@ -171,6 +171,32 @@ def test_each_row_of_a_batch_is_what_that_leg_gets_alone(in_rate: int, out_rate:
             np.testing.assert_allclose(got[row], want[0], rtol=0, atol=0.05)
 
 
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 48000), (48000, 8000), (32000, 24000)])
+def test_a_long_signal_on_one_leg_equals_the_same_leg_in_a_ticked_batch(
+    in_rate: int, out_rate: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The few-legs path (windows copied, one matmul) and the batch path agree."""
+    import dsp.resample as resample_module
+    from numpy.lib.stride_tricks import sliding_window_view as real
+
+    copies: list[int] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        copies.append(1)
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(resample_module, "sliding_window_view", counting)
+    legs, tick = 48, in_rate // 50
+    x = _speech_like(legs, in_rate, 0.2, seed=9)
+    batch = Resampler(legs, in_rate, out_rate)
+    ticked = _in_chunks(batch, x, [tick] * 9)
+    assert not copies  # 48 legs per tick: one matmul per group, no window copies
+    for leg in (0, 17, 47):
+        alone = Resampler(1, in_rate, out_rate).process(x[leg : leg + 1])
+        np.testing.assert_allclose(alone[0], ticked[leg], rtol=0, atol=0.05)
+    assert copies  # one leg, 0.2 s: windows copied into one matrix
+
+
 def test_identity_passes_samples_through() -> None:
     x = _speech_like(2, 16000, 0.02)
     r = Resampler(2, 16000, 16000)
