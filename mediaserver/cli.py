@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="run the DSP pipeline on generated calls and write the result as WAV",
-        description="Generate caller/callee audio with DTMF, push it through G.711, "
-        "the jitter-free DSP chain (decode, resample, silence and DTMF detection, stereo "
-        "mix) as a batch, report what was detected and write a stereo WAV.",
+        description="Generate caller/callee audio with DTMF, send it as PCMU RTP through "
+        "a jitter buffer per leg, then run the DSP chain (decode, resample, silence and "
+        "DTMF detection, stereo mix) on all calls as one batch per tick; report what was "
+        "detected and write one stereo WAV per call.",
     )
-    demo.add_argument("--out", default="out", metavar="DIR", help="where to write demo.wav")
+    demo.add_argument("--out", default="out", metavar="DIR", help="where to write demo-callN.wav")
     demo.add_argument("--seconds", type=float, default=6.0, help="length of each demo call")
     demo.add_argument("--calls", type=int, default=4, help="how many calls in the batch")
     demo.set_defaults(func=_run_demo)

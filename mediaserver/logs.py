@@ -53,6 +53,19 @@ def redact_secrets(
     return event_dict
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time (test capture, redirection)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(
     level: str | int = "INFO", *, json: bool | None = None, stream: TextIO | None = None
 ) -> None:
@@ -61,7 +74,7 @@ def configure_logging(
     ``json=None`` picks by the stream: console rendering on a terminal, JSON
     lines otherwise. Calling it again replaces the previous configuration.
     """
-    out = stream if stream is not None else sys.stderr
+    out: TextIO | _CurrentStderr = stream if stream is not None else _CurrentStderr()
     if isinstance(level, str):
         level_no = logging.getLevelName(level.upper())
         if not isinstance(level_no, int):
@@ -84,7 +97,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
