@@ -141,9 +141,7 @@ def split_header_list(value: str) -> list[str]:
     Commas inside quoted strings and inside ``<...>`` do not split; empty
     elements are dropped; each element is stripped.
     """
-    return [
-        part.strip() for part in _split_outside_quotes(value, ",", angle=True) if part.strip()
-    ]
+    return [part.strip() for part in _split_outside_quotes(value, ",", angle=True) if part.strip()]
 
 
 @dataclass(frozen=True)
@@ -246,7 +244,7 @@ class SipUri:
             userinfo, _, rest = rest.rpartition("@")
             user, sep, pw = userinfo.partition(":")
             password = pw if sep else None
-            if not user or any(c in user for c in " \t<>\""):
+            if not user or any(c in user for c in ' \t<>"'):
                 raise _bad("URI user part")
         hostport, semi, param_text = rest.partition(";")
         host, port = _split_host_port(hostport, "URI host")

@@ -203,6 +203,16 @@ class Headers:
             fields.append((name, value, key))
         self._fields = fields
 
+    def replace_first(self, name: str, value: str) -> None:
+        """Replace only the first field called ``name`` (others kept); append if absent."""
+        _check_field(name, value)
+        key = canonical_header_name(name)
+        for i, (old_name, _, field_key) in enumerate(self._fields):
+            if field_key == key:
+                self._fields[i] = (old_name, value, key)
+                return
+        self._fields.append((name, value, key))
+
     def remove(self, name: str) -> int:
         """Drop every field called ``name``; return how many there were."""
         key = canonical_header_name(name)
