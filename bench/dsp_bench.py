@@ -39,7 +39,8 @@ def main(argv: list[str]) -> int:
 
     print(
         f"# dsp_bench on {platform.machine()} {platform.processor() or ''} "
-        f"cpus={os.cpu_count()} python={platform.python_version()} numpy={np.__version__}"
+        f"cpus={os.cpu_count()} python={platform.python_version()} numpy={np.__version__} "
+        f"BLAS threads={os.environ['OPENBLAS_NUM_THREADS']} (one core, as the engine runs)"
     )
     start = time.perf_counter()
     for name in chosen:
@@ -52,5 +53,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # Measure on one core, as the engine runs: BLAS must not use a second thread.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     sys.path.insert(0, str(HERE))
     sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,14 @@ status 69 (EX_UNAVAILABLE) and a one-line message saying so, but their
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# The media engine is one thread per process (scale out with processes): keep
+# BLAS from spawning threads that fight it for the cores. Must run before
+# numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 from collections.abc import Callable, Sequence
 
 from mediaserver import __version__
