@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-
-# The media engine is one thread per process (scale out with processes): keep
-# BLAS from spawning threads that fight it for the cores. Must run before
-# numpy is first imported.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 from collections.abc import Callable, Sequence
 
 from mediaserver import __version__
 from mediaserver.logs import configure_logging
 
 __all__ = ["EX_UNAVAILABLE", "build_parser", "main"]
+
+# The media engine is one thread per process (scale out with processes): keep
+# BLAS from spawning threads that fight it for the cores. None of the imports
+# above loads numpy, so this runs before numpy's first import.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 EX_UNAVAILABLE = 69
 
