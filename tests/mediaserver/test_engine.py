@@ -1,0 +1,273 @@
+"""The media engine, driven tick by tick with real RTP bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+import pytest
+
+from dsp.codecs import get_codec
+from dsp.tones import dtmf_tone, tone
+from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
+from rtp.packet import RtpPacket, build_packet
+from rtp.telephone_event import TelephoneEventReceiver, encode_key_press
+
+TICK = 0.02
+
+
+class Capture:
+    """A listener that keeps everything it is given."""
+
+    def __init__(self, rate: int) -> None:
+        self.sample_rate = rate
+        self.read: list[np.ndarray] = []
+        self.write: list[np.ndarray] = []
+
+    def on_audio(self, read: np.ndarray, write: np.ndarray) -> None:
+        self.read.append(read.copy())
+        self.write.append(write.copy())
+
+    def read_all(self) -> np.ndarray:
+        return np.concatenate(self.read)
+
+
+def rtp_stream(codec_key: str, pt: int, pcm: np.ndarray, ptime_ms: int = 20) -> list[bytes]:
+    codec = get_codec(codec_key)
+    enc = codec.new_encoder(ptime_ms)
+    n = codec.info.samples_per_frame(ptime_ms)
+    step = codec.info.timestamp_increment(ptime_ms)
+    return [
+        build_packet(pt, i == 0, i, 1000 + i * step, 0xABC, enc.encode(pcm[i * n : (i + 1) * n]))
+        for i in range(pcm.shape[0] // n)
+    ]
+
+
+def run(engine: MediaEngine, feeds: dict[Leg, list[bytes]], ticks: int) -> None:
+    for t in range(ticks):
+        now = t * TICK
+        for leg, packets in feeds.items():
+            if t < len(packets):
+                leg.receive_datagram(packets[t], now)
+        engine.tick(now)
+
+
+def aligned(got: np.ndarray, sent: np.ndarray) -> int:
+    """Offset of ``sent`` inside ``got`` (the jitter-buffer delay), by correlation."""
+    corr = np.correlate(got.astype(np.float64), sent[:800].astype(np.float64), mode="valid")
+    return int(np.argmax(corr))
+
+
+@pytest.mark.parametrize(("key", "pt"), [("PCMU/8000", 0), ("PCMA/8000", 8)])
+def test_g711_legs_decode_sample_exact_in_one_batch(key: str, pt: int) -> None:
+    engine = MediaEngine(8)
+    rng = np.random.default_rng(3)
+    audio = [(rng.standard_normal(8000) * 3000).astype(np.int16) for _ in range(3)]
+    legs, caps, feeds = [], [], {}
+    for a in audio:
+        leg = Leg(call_sid="c", codec=key, payload_type=pt)
+        cap = Capture(8000)
+        leg.listeners.append(cap)
+        engine.add_leg(leg)
+        legs.append(leg)
+        caps.append(cap)
+        feeds[leg] = rtp_stream(key, pt, a)
+    run(engine, feeds, 60)
+    codec = get_codec(key)
+    assert codec.batch is not None
+    for a, cap in zip(audio, caps, strict=True):
+        expected = codec.batch.decode_batch(codec.batch.encode_batch(a[None, :]))[0]
+        got = cap.read_all()
+        start = aligned(got, expected)
+        np.testing.assert_array_equal(got[start : start + expected.size], expected)
+
+
+def test_g722_leg_decodes_16k_audio() -> None:
+    engine = MediaEngine(4)
+    leg = Leg(call_sid="c", codec="G722/8000", payload_type=9)
+    cap = Capture(16000)
+    leg.listeners.append(cap)
+    engine.add_leg(leg)
+    sent = tone(1000.0, 1.0, level_dbfs=-10, rate=16000)
+    run(engine, {leg: rtp_stream("G722/8000", 9, sent)}, 50)
+    got = cap.read_all().astype(np.float64)
+    assert got.size == 50 * 320
+    spectrum = np.abs(np.fft.rfft(got[4000:12000]))
+    assert np.argmax(spectrum) * 16000 / 8000 == pytest.approx(1000, abs=4)
+
+
+def test_lost_packet_is_concealed_and_counted() -> None:
+    engine = MediaEngine(2)
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+    cap = Capture(8000)
+    leg.listeners.append(cap)
+    engine.add_leg(leg)
+    packets = rtp_stream("PCMU/8000", 0, tone(400.0, 1.0, -10.0))
+    packets[20] = b""  # never delivered
+    for t in range(52):  # 50 packets + 40 ms jitter-buffer delay: stop as the last one plays
+        if t < len(packets) and packets[t]:
+            leg.receive_datagram(packets[t], t * TICK)
+        engine.tick(t * TICK)
+    assert leg.stats.frames_lost == 1
+    levels = [np.abs(f.astype(np.int32)).mean() for f in cap.read]
+    assert min(levels[3:50]) > 500  # the lost frame was filled by repeating audio, not a hole
+
+
+def test_rfc4733_key_press_reported_once_and_inband_then_ignored() -> None:
+    engine = MediaEngine(2)
+    keys: list[DtmfKey] = []
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0, telephone_event_pt=101)
+    leg.on_dtmf = lambda _leg, key: keys.append(key)
+    engine.add_leg(leg)
+    # the caller sends "5" as RFC 4733 *and* as an in-band tone (some phones do both)
+    audio = np.zeros(16000, np.int16)
+    audio[4000:4800] = dtmf_tone("5", 0.1)
+    packets = rtp_stream("PCMU/8000", 0, audio)
+    events = encode_key_press("5", 1000 + 25 * 160, 800)
+    te = [
+        build_packet(101, e.marker, 5000 + i, e.timestamp, 0xABC, e.payload)
+        for i, e in enumerate(events)
+    ]
+    for t in range(100):
+        if t < len(packets):
+            leg.receive_datagram(packets[t], t * TICK)
+        if 25 <= t < 25 + len(te):
+            leg.receive_datagram(te[t - 25], t * TICK)
+        engine.tick(t * TICK)
+    ended = [k for k in keys if k.ended]
+    assert [(k.digit, k.source) for k in ended] == [("5", "rfc4733")]
+    assert ended[0].duration == 800
+    assert [k.digit for k in keys if not k.ended] == ["5"]
+
+
+def test_inband_dtmf_detected_on_a_plain_audio_leg() -> None:
+    engine = MediaEngine(2)
+    keys: list[DtmfKey] = []
+    leg = Leg(call_sid="c", codec="PCMA/8000", payload_type=8)
+    leg.on_dtmf = lambda _leg, key: keys.append(key)
+    engine.add_leg(leg)
+    audio = np.zeros(16000, np.int16)
+    for i, d in enumerate("19#"):
+        start = 2000 + i * 2400
+        audio[start : start + 800] = dtmf_tone(d, 0.1)
+    run(engine, {leg: rtp_stream("PCMA/8000", 8, audio)}, 100)
+    assert [(k.digit, k.source) for k in keys if k.ended] == [
+        ("1", "inband"),
+        ("9", "inband"),
+        ("#", "inband"),
+    ]
+
+
+def test_playback_is_sent_as_rtp_at_the_negotiated_ptime_and_reports_done() -> None:
+    engine = MediaEngine(2)
+    sent: list[bytes] = []
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0, ptime_ms=30, send=sent.append)
+    engine.add_leg(leg)
+    done: list[str] = []
+    beep = tone(1500.0, 0.5, -10.0)
+    leg.playback.enqueue(beep, on_done=lambda: done.append("beep"))
+    for t in range(60):
+        engine.tick(t * TICK)
+        if t == 23:  # 24 ticks = 480 ms of the 500 ms beep
+            assert done == []
+    assert done == ["beep"]
+    pkts = [RtpPacket.parse(d) for d in sent]
+    assert len(pkts) == 40  # 60 ticks x 20 ms / 30 ms
+    assert {len(p.payload) for p in pkts} == {240}
+    assert pkts[0].marker and not any(p.marker for p in pkts[1:])
+    assert all((b.timestamp - a.timestamp) % 2**32 == 240 for a, b in itertools.pairwise(pkts))
+    assert all((b.sequence - a.sequence) % 2**16 == 1 for a, b in itertools.pairwise(pkts))
+    pcmu = get_codec("PCMU/8000").batch
+    assert pcmu is not None
+    heard = pcmu.decode_batch(np.frombuffer(b"".join(p.payload for p in pkts), np.uint8)[None])[0]
+    spectrum = np.abs(np.fft.rfft(heard[:4000].astype(np.float64)))
+    assert np.argmax(spectrum) * 8000 / 4000 == pytest.approx(1500, abs=3)
+    assert np.abs(heard[4400:].astype(np.int32)).max() < 10  # silence after the beep
+
+
+def test_no_rtp_is_sent_while_send_is_none() -> None:
+    engine = MediaEngine(1)
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+    engine.add_leg(leg)
+    for t in range(5):
+        engine.tick(t * TICK)
+    assert leg.stats.packets_sent == 0
+
+
+def test_send_dtmf_emits_rfc4733_that_a_receiver_reads_as_one_press() -> None:
+    engine = MediaEngine(1)
+    sent: list[bytes] = []
+    leg = Leg(
+        call_sid="c", codec="PCMU/8000", payload_type=0, telephone_event_pt=101, send=sent.append
+    )
+    engine.add_leg(leg)
+    engine.tick(0.0)
+    leg.send_dtmf("#", duration_ms=100)
+    for t in range(1, 20):
+        engine.tick(t * TICK)
+    rx = TelephoneEventReceiver()
+    events = []
+    audio_ts = []
+    for d in sent:
+        p = RtpPacket.parse(d)
+        if p.payload_type == 101:
+            events += rx.receive(p, 0.0)
+        else:
+            audio_ts.append(p.timestamp)
+    assert [type(e).__name__ for e in events] == ["KeyDown", "KeyUp"]
+    assert events[1].digit == "#" and events[1].duration == 800
+    # audio resumes with timestamps that account for the time the event took
+    gaps = [(b - a) % 2**32 for a, b in itertools.pairwise(audio_ts)]
+    assert sorted(set(gaps))[0] == 160 and sum(gaps) == 160 * (len(sent) - 1)
+
+
+def test_listener_at_another_rate_gets_resampled_audio() -> None:
+    engine = MediaEngine(2)
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+    cap16 = Capture(16000)
+    cap8 = Capture(8000)
+    leg.listeners += [cap16, cap8]
+    engine.add_leg(leg)
+    run(engine, {leg: rtp_stream("PCMU/8000", 0, tone(700.0, 1.0, -10.0))}, 50)
+    assert cap16.read_all().size == 2 * cap8.read_all().size == 50 * 320
+    x = cap16.read_all()[8000:16000].astype(np.float64)
+    assert np.argmax(np.abs(np.fft.rfft(x))) * 16000 / 8000 == pytest.approx(700, abs=3)
+
+
+def test_bad_datagrams_are_dropped_and_counted() -> None:
+    engine = MediaEngine(1)
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+    engine.add_leg(leg)
+    leg.receive_datagram(b"\x00\x01", 0.0)  # not RTP
+    leg.receive_datagram(bytes([0x81, 200, 0, 1]) + b"\0" * 4, 0.0)  # RTCP sender report
+    leg.receive_datagram(build_packet(96, False, 1, 0, 1, b"x" * 160), 0.0)
+    engine.tick(0.0)
+    assert (leg.stats.malformed, leg.stats.rtcp, leg.stats.unknown_payload_type) == (1, 1, 1)
+
+
+def test_slots_are_reused_and_full_engine_refuses() -> None:
+    engine = MediaEngine(2)
+    a, b = (Leg(call_sid=s, codec="PCMU/8000", payload_type=0) for s in "ab")
+    engine.add_leg(a)
+    engine.add_leg(b)
+    with pytest.raises(RuntimeError, match="engine full"):
+        engine.add_leg(Leg(call_sid="c", codec="PCMU/8000", payload_type=0))
+    slot = a.slot
+    engine.remove_leg(a)
+    c = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+    engine.add_leg(c)
+    assert c.slot == slot and a.slot == -1
+    engine.tick(0.0)
+
+
+async def test_clock_ticks_on_schedule_in_media_time() -> None:
+    engine = MediaEngine(1)
+    clock = EngineClock(engine, speed=4.0)
+    clock.start()
+    await asyncio.sleep(0.2)
+    clock.stop()
+    # 0.2 s of wall time at 4x speed is about 40 ticks of 20 ms media time
+    assert 20 <= clock.stats.ticks <= 45
+    assert engine.ticks == clock.stats.ticks
+    assert clock.media_time() == pytest.approx(clock.stats.ticks * 0.02)
