@@ -27,6 +27,7 @@ import ctypes
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import av
 import numpy as np
@@ -106,41 +107,37 @@ def _label(in_rate: int, out_rate: int) -> str:
     return f"{in_rate // 1000}k->{out_rate // 1000}k"
 
 
+class _PyAVLegs:
+    """One PyAV ``AudioResampler`` per leg, each fed its leg's 20 ms frame per tick."""
+
+    def __init__(self, pcm: NDArray[np.int16], in_rate: int, out_rate: int) -> None:
+        self.pcm, self.in_rate, self.pts = pcm, in_rate, 0
+        self.resamplers = [
+            av.AudioResampler(format="s16", layout="mono", rate=out_rate) for _ in pcm
+        ]
+
+    def tick(self) -> None:
+        for leg, resampler in enumerate(self.resamplers):
+            frame = av.AudioFrame.from_ndarray(self.pcm[leg : leg + 1], format="s16", layout="mono")
+            frame.sample_rate = self.in_rate
+            frame.pts = self.pts
+            for out in resampler.resample(frame):
+                out.to_ndarray()
+        self.pts += self.pcm.shape[1]
+
+
 def _tick_section(rng: np.random.Generator) -> None:
-    print(f"-- 20 ms ticks at {LEGS} legs, ms per tick (mean of 24 ticks, median of 7 runs) --")
+    print(f"-- 20 ms ticks at {LEGS} legs, ms per tick (mean of 12 ticks, median of 7 runs) --")
     print(_row("pair", "ours", "soxr HQ", "ours/sox", "PyAV x1000*", "ours/PyAV"))
     for in_rate, out_rate in TICK_PAIRS:
-        n = in_rate // 50
-        pcm = (rng.standard_normal((LEGS, n)) * 3000).astype(np.int16)
+        pcm = (rng.standard_normal((LEGS, in_rate // 50)) * 3000).astype(np.int16)
         ours = Resampler(LEGS, in_rate, out_rate)
         stream = soxr.ResampleStream(in_rate, out_rate, LEGS, dtype="float32", quality="HQ")
         interleaved = np.ascontiguousarray(pcm.T, dtype=np.float32)
-        resamplers = [
-            av.AudioResampler(format="s16", layout="mono", rate=out_rate) for _ in range(AV_LEGS)
-        ]
-        pts = [0]
-
-        def pyav_tick(
-            resamplers: list[av.AudioResampler] = resamplers,
-            pcm: NDArray[np.int16] = pcm,
-            in_rate: int = in_rate,
-            n: int = n,
-        ) -> None:
-            for leg, resampler in enumerate(resamplers):
-                frame = av.AudioFrame.from_ndarray(pcm[leg : leg + 1], format="s16", layout="mono")
-                frame.sample_rate = in_rate
-                frame.pts = pts[0]
-                for out in resampler.resample(frame):
-                    out.to_ndarray()
-            pts[0] += n
-
+        pyav = _PyAVLegs(pcm[:AV_LEGS], in_rate, out_rate)
         a, b, c = _interleaved_ms(
-            [
-                lambda ours=ours, pcm=pcm: ours.process(pcm),
-                lambda stream=stream, x=interleaved: stream.resample_chunk(x),
-                pyav_tick,
-            ],
-            number=24,
+            [partial(ours.process, pcm), partial(stream.resample_chunk, interleaved), pyav.tick],
+            number=12,
             repeat=7,
         )
         c *= LEGS / AV_LEGS
@@ -155,10 +152,14 @@ def _all_pairs_section(rng: np.random.Generator) -> None:
         pcm = (rng.standard_normal((LEGS, in_rate // 50)) * 3000).astype(np.int16)
         cells = []
         for out_rate in SUPPORTED_RATES:
-            r = Resampler(LEGS, in_rate, out_rate)
-            (ms,) = _interleaved_ms([lambda r=r, pcm=pcm: r.process(pcm)], number=8, repeat=3)
+            ours = Resampler(LEGS, in_rate, out_rate)
+            (ms,) = _interleaved_ms([partial(ours.process, pcm)], number=6, repeat=7)
             cells.append(f"{ms:>8.2f}")
         print(f"{in_rate // 1000:>7}k" + "".join(cells))
+
+
+def _ours_once(pcm: NDArray[np.int16], in_rate: int, out_rate: int) -> NDArray[np.float32]:
+    return Resampler(1, in_rate, out_rate).process(pcm)
 
 
 def _long_section(rng: np.random.Generator) -> None:
@@ -169,20 +170,14 @@ def _long_section(rng: np.random.Generator) -> None:
         as_float = pcm[0].astype(np.float32)
         a, b = _interleaved_ms(
             [
-                lambda pcm=pcm, i=in_rate, o=out_rate: Resampler(1, i, o).process(pcm),
-                lambda x=as_float, i=in_rate, o=out_rate: soxr.resample(x, i, o, quality="HQ"),
+                partial(_ours_once, pcm, in_rate, out_rate),
+                partial(soxr.resample, as_float, in_rate, out_rate, quality="HQ"),
             ],
             number=1,
             repeat=5,
         )
-        print(
-            _row(
-                _label(in_rate, out_rate),
-                f"{a:.1f} ({60e3 / a:.0f}x)",
-                f"{b:.1f} ({60e3 / b:.0f}x)",
-                f"{a / b:.2f}x",
-            )
-        )
+        cells = (f"{a:.1f} ({60e3 / a:.0f}x)", f"{b:.1f} ({60e3 / b:.0f}x)", f"{a / b:.2f}x")
+        print(_row(_label(in_rate, out_rate), *cells))
 
 
 # --- quality -----------------------------------------------------------------
@@ -244,7 +239,7 @@ def _thd_n_db(convert: Converter, out_rate: int) -> float:
     x = np.rint(MINUS_3_DBFS * np.sin(2 * np.pi * 1000 * t))[None, :]
     y = np.clip(np.rint(convert(x, 8000, out_rate)), -32768, 32767)  # int16 output
     amp, rest = _fit(_settle(y, out_rate)[0], 1000.0, out_rate)
-    return 20 * np.log10(rest / (amp / np.sqrt(2)))
+    return float(20 * np.log10(rest / (amp / np.sqrt(2))))
 
 
 def _tone_5k_db(convert: Converter) -> float:
@@ -260,22 +255,18 @@ def _quality_section() -> None:
         ("resample_poly/20ms", _poly_chunked),
     ]
     print("-- quality, 20 ms chunks (dB; targets: dev < 0.1, THD+N < -80, 5 kHz < -80) --")
-    print(
-        "".join(
-            [f"{'figure':<28}"] + [f"{name:>20}" for name, _ in converters]  # header
-        )
-    )
-    lines: list[tuple[str, Callable[[Converter], float]]] = [
-        (f"passband dev {_label(a, b)}", lambda c, a=a, b=b: _passband_dev_db(c, a, b))
+    print(f"{'figure':<28}" + "".join(f"{name:>20}" for name, _ in converters))
+    figures: list[tuple[str, Callable[[Converter], float]]] = [
+        (f"passband dev {_label(a, b)}", partial(_passband_dev_db, in_rate=a, out_rate=b))
         for a, b in TICK_PAIRS
     ]
-    lines += [
-        ("THD+N 1 kHz 8k->16k", lambda c: _thd_n_db(c, 16000)),
-        ("THD+N 1 kHz 8k->48k", lambda c: _thd_n_db(c, 48000)),
+    figures += [
+        ("THD+N 1 kHz 8k->16k", partial(_thd_n_db, out_rate=16000)),
+        ("THD+N 1 kHz 8k->48k", partial(_thd_n_db, out_rate=48000)),
         ("5 kHz tone level 48k->8k", _tone_5k_db),
     ]
-    for name, measure in lines:
-        print("".join([f"{name:<28}"] + [f"{measure(c):>20.3f}" for _, c in converters]))
+    for name, measure in figures:
+        print(f"{name:<28}" + "".join(f"{measure(convert):>20.3f}" for _, convert in converters))
     taps = ", ".join(f"{_label(a, b)} {len(design_filter(a, b).taps)}" for a, b in TICK_PAIRS)
     print(f"ours: equiripple taps per pair: {taps}")
 
