@@ -553,6 +553,20 @@ class EngineClock:
         """The media time of the next tick, seconds."""
         return self._k * TICK_MS / 1000
 
+    def now(self) -> float:
+        """Media time now (seconds since start, running ``speed`` times wall time).
+
+        Packets handed to legs must carry this time, so arrival times, tick
+        times and timers all live on one clock.
+        """
+        if self._loop is None:
+            return 0.0
+        return (self._loop.time() - self._start) * self.speed
+
+    async def sleep(self, media_seconds: float) -> None:
+        """Sleep for ``media_seconds`` of media time."""
+        await asyncio.sleep(max(0.0, media_seconds) / self.speed)
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._start = self._loop.time()

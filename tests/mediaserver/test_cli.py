@@ -33,7 +33,7 @@ def test_help_describes_serve_call_and_receiver() -> None:
         assert opt in call
 
 
-@pytest.mark.parametrize("argv", [["serve"], ["call", "app.json"], ["receiver"]])
+@pytest.mark.parametrize("argv", [["call", "app.json"], ["receiver"]])
 def test_unavailable_subcommands_exit_69_with_a_message(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -45,3 +45,11 @@ def test_bad_choice_is_a_usage_error_naming_the_option() -> None:
     res = run_cli("call", "app.json", "--codec", "GSM")
     assert res.returncode == 2
     assert "--codec" in res.stderr and "GSM" in res.stderr
+
+
+def test_serve_reports_a_bad_config_value_by_field(tmp_path: object) -> None:
+    res = run_cli("serve", "--rtp-ports", "5000-4000")
+    assert res.returncode == 2
+    assert "[rtp] port_low/port_high" in res.stderr
+    res = run_cli("serve", "--sip", "127.0.0.1:99999")
+    assert res.returncode == 2 and "--sip: port must be 1..65535" in res.stderr

@@ -1,0 +1,254 @@
+"""One call in ``serve``: its attributes, its media leg, and its verbs.
+
+Owns a call's life from the accepted INVITE to the last log line: building
+the jambonz call attributes from the SIP request, opening the RTP socket and
+engine leg for the negotiated media, running the verbs in order (``pause``,
+``hangup``; a call whose verbs run out is hung up, as jambonz does),
+re-negotiating media on re-INVITE (hold, codec change), and releasing
+everything exactly once whichever side ends it.
+
+It must not speak SIP itself: it asks ``CallSignalling`` (the server) to
+answer, reject or hang up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from mediaserver.app import AppError, Application, Verb
+from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
+from mediaserver.logs import call_logger
+from mediaserver.rtp_socket import PortPool, RtpSocket
+from rtp.sdp import NegotiatedMedia, SessionDescription
+from rtp.sip.address import SipUri
+from rtp.sip.errors import SipRemoteError
+from rtp.sip.events import CallHandle
+from rtp.sip.message import SipRequest
+
+__all__ = ["Call", "CallSignalling", "call_attributes"]
+
+
+class CallSignalling(Protocol):
+    def answer(self, call: Call, sdp: bytes) -> None: ...
+    def reject(self, call: Call, status: int, reason: str | None = None) -> None: ...
+    def hangup(self, call: Call) -> None: ...
+
+
+def call_attributes(
+    request: SipRequest,
+    source: tuple[str, int],
+    *,
+    call_sid: str,
+    account_sid: str = "",
+    application_sid: str = "",
+) -> dict[str, Any]:
+    """The jambonz call attributes (camelCase) for an inbound INVITE."""
+    frm, to = request.from_addr, request.to_addr
+
+    def user(uri: str) -> str:
+        try:
+            return SipUri.parse(uri).user or ""
+        except SipRemoteError:  # tel: or another scheme: keep it as it came
+            return uri
+
+    attrs: dict[str, Any] = {
+        "callSid": call_sid,
+        "direction": "inbound",
+        "from": user(frm.uri),
+        "to": user(to.uri),
+        "callId": request.call_id,
+        "sipStatus": 100,
+        "sipReason": "Trying",
+        "callStatus": "trying",
+        "callerId": frm.display_name or user(frm.uri),
+        "originatingSipIp": source[0],
+        "accountSid": account_sid,
+        "applicationSid": application_sid,
+        "traceId": uuid.uuid4().hex,
+    }
+    return {k: v for k, v in attrs.items() if v not in ("", None)}
+
+
+class Call:
+    """An inbound call accepted by the server (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        handle: CallHandle,
+        request: SipRequest,
+        source: tuple[str, int],
+        media: NegotiatedMedia,
+        engine: MediaEngine,
+        clock: EngineClock,
+        ports: PortPool,
+        app: Application,
+        signalling: CallSignalling,
+        account_sid: str = "",
+        application_sid: str = "",
+        inband_dtmf: bool = True,
+        jitter_target: float = 0.04,
+    ) -> None:
+        self.handle = handle
+        self.call_sid = str(uuid.uuid4())
+        self.attributes = call_attributes(
+            request,
+            source,
+            call_sid=self.call_sid,
+            account_sid=account_sid,
+            application_sid=application_sid,
+        )
+        self.media = media
+        self.engine = engine
+        self.clock = clock
+        self.ports = ports
+        self.app = app
+        self.signalling = signalling
+        self.inband_dtmf = inband_dtmf
+        self.jitter_target = jitter_target
+        self.log = call_logger(self.call_sid, call_id=request.call_id)
+        self.leg: Leg | None = None
+        self.rtp: RtpSocket | None = None
+        self.digits: list[DtmfKey] = []
+        self.end_reason: str | None = None
+        self.answered_at: float | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.answer_sdp: SessionDescription | None = None  # our last answer (for re-INVITEs)
+        self.done = asyncio.Event()
+
+    # -- media ------------------------------------------------------------------
+
+    async def open_media(self) -> int:
+        """Create the leg and bind its RTP port; return the port for the SDP answer."""
+        self.leg = self._new_leg(self.media)
+        remote = self._remote(self.media)
+        self.rtp = await RtpSocket.open(self.ports, self.leg, remote, self.clock.now)
+        self._apply_direction(self.media)
+        self.engine.add_leg(self.leg)
+        return self.rtp.port
+
+    def _new_leg(self, media: NegotiatedMedia) -> Leg:
+        leg = Leg(
+            call_sid=self.call_sid,
+            codec=media.codec,
+            payload_type=media.payload_type,
+            ptime_ms=media.ptime,
+            telephone_event_pt=media.telephone_event_payload_type,
+            inband_dtmf=self.inband_dtmf,
+            jitter_target=self.jitter_target,
+        )
+        leg.on_dtmf = self._on_dtmf
+        return leg
+
+    @staticmethod
+    def _remote(media: NegotiatedMedia) -> tuple[str, int] | None:
+        if media.remote_address is None or not media.remote_port:
+            return None
+        return (media.remote_address, media.remote_port)
+
+    def _apply_direction(self, media: NegotiatedMedia) -> None:
+        assert self.leg is not None and self.rtp is not None
+        sends = media.direction.sends and not media.on_hold and media.remote_address is not None
+        self.leg.send = self.rtp.send if sends else None
+
+    def renegotiate(self, media: NegotiatedMedia) -> None:
+        """A re-INVITE was answered: follow hold/unhold, new address, new codec."""
+        assert self.leg is not None and self.rtp is not None
+        old = self.media
+        self.media = media
+        if media.codec != old.codec or media.payload_type != old.payload_type:
+            self.engine.remove_leg(self.leg)
+            self.leg = self._new_leg(media)
+            self.rtp.leg = self.leg
+            self.engine.add_leg(self.leg)
+        remote = self._remote(media)
+        if remote is not None:
+            self.rtp.remote = remote
+            self.rtp.latched = False
+        self._apply_direction(media)
+        self.log.info(
+            "call.reinvite",
+            codec=media.codec,
+            on_hold=media.on_hold,
+            direction=str(media.direction),
+        )
+
+    def _on_dtmf(self, _leg: Leg, key: DtmfKey) -> None:
+        if key.ended:
+            self.digits.append(key)
+            self.log.info("dtmf", digit=key.digit, source=key.source, duration=key.duration)
+
+    # -- control ----------------------------------------------------------------
+
+    async def run(self, sdp_answer: bytes) -> None:
+        """Fetch the verbs, answer, run them, hang up when they run out."""
+        try:
+            verbs = await self.app.verbs_for_call(self.attributes)
+        except AppError as exc:
+            self.log.error("app.error", error=str(exc))
+            self.signalling.reject(self, 500, "Application Error")
+            self.end("app-error")
+            return
+        self.signalling.answer(self, sdp_answer)
+        self.answered_at = self.clock.now()
+        self.attributes.update(sipStatus=200, sipReason="OK", callStatus="in-progress")
+        self.log.info(
+            "call.answered",
+            codec=self.media.codec,
+            ptime=self.media.ptime,
+            remote=self._remote(self.media),
+            rtp_port=self.rtp.port if self.rtp else None,
+            verbs=[v.name for v in verbs],
+        )
+        for verb in verbs:
+            if self.end_reason is not None:
+                return
+            if not await self._run_verb(verb):
+                return
+        if self.end_reason is None:
+            self.signalling.hangup(self)
+            self.end("app-done")
+
+    async def _run_verb(self, verb: Verb) -> bool:
+        """Run one verb; False when the call is over."""
+        self.log.info("verb.start", verb=verb.name, index=verb.index)
+        if verb.name == "pause":
+            await self.clock.sleep(float(verb.data["length"]))
+            return True
+        if verb.name == "hangup":
+            self.signalling.hangup(self)
+            self.end("hangup-verb")
+            return False
+        self.log.error("verb.unknown", verb=verb.name, index=verb.index)  # parse_verbs forbids
+        return True
+
+    def end(self, reason: str) -> None:
+        """Release everything once; ``reason`` is why the call ended."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        self.attributes.update(callStatus="completed")
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        stats: dict[str, Any] = {}
+        if self.leg is not None:
+            self.engine.remove_leg(self.leg)
+            stats = {"rtp": asdict(self.leg.jitter.stats), "leg": asdict(self.leg.stats)}
+        if self.rtp is not None:
+            self.rtp.close()
+            self.ports.give_back(self.rtp.port)
+        duration = (
+            round(self.clock.now() - self.answered_at, 3) if self.answered_at is not None else 0
+        )
+        self.log.info(
+            "call.end",
+            reason=reason,
+            codec=self.media.codec,
+            duration=duration,
+            digits="".join(k.digit for k in self.digits),
+            **stats,
+        )
+        self.done.set()

@@ -1,0 +1,350 @@
+"""``mediaserver serve``: the SIP front door and the process that runs calls.
+
+Owns the asyncio side of SIP: one UDP socket pumping datagrams into the
+sans-I/O ``SipEndpoint`` and its datagrams and timers back out; turning SIP
+events into calls (limits, SDP offer/answer, 488/503/500 refusals); the
+RTP-timeout watchdog; and the process lifetime (engine clock, signals,
+hanging up every call on shutdown).
+
+It must not parse SIP or SDP by hand, nor touch media samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from typing import cast
+
+from mediaserver.app import AppError, Application
+from mediaserver.call import Call
+from mediaserver.config import ServerConfig
+from mediaserver.engine import EngineClock, MediaEngine
+from mediaserver.logs import get_logger
+from mediaserver.rtp_socket import PortPool, PortsExhausted
+from rtp.sdp import (
+    Answer,
+    SdpError,
+    SdpNegotiationError,
+    SessionDescription,
+    negotiate,
+)
+from rtp.sip.endpoint import SipEndpoint
+from rtp.sip.events import (
+    CallAcked,
+    CallCancelled,
+    CallEnded,
+    CallHandle,
+    CallReinvited,
+    IncomingCall,
+    RemoteError,
+    SipEvent,
+)
+
+__all__ = ["SipServer", "run_server"]
+
+
+class SipServer(asyncio.DatagramProtocol):
+    """SIP over UDP for ``serve``: every call's signalling goes through here."""
+
+    def __init__(self, config: ServerConfig, engine: MediaEngine, clock: EngineClock) -> None:
+        self.config = config
+        self.engine = engine
+        self.clock = clock
+        self.ports = PortPool(config.rtp_address, config.rtp_port_low, config.rtp_port_high)
+        self.app = Application(config.app, timeout=config.app_timeout)
+        self.log = get_logger("sip")
+        self.calls: dict[CallHandle, Call] = {}
+        self.calls_total: dict[str, int] = {}
+        self.accepting = True
+        self.endpoint: SipEndpoint | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # -- lifetime -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self.endpoint = SipEndpoint(
+            self.config.sip_host,
+            self.config.sip_port,
+            now=loop.time(),
+            user_agent=self.config.user_agent,
+        )
+        await loop.create_datagram_endpoint(
+            lambda: self, local_addr=(self.config.sip_host, self.config.sip_port)
+        )
+        self._watchdog = loop.create_task(self._rtp_watchdog())
+        self.log.info(
+            "serve.listening",
+            sip=f"{self.config.sip_host}:{self.config.sip_port}",
+            rtp_ports=f"{self.config.rtp_port_low}-{self.config.rtp_port_high}",
+            app=self.config.app or None,
+            max_calls=self.config.max_calls,
+        )
+
+    async def stop(self, drain: float = 5.0) -> None:
+        """Refuse new calls, hang up the live ones, wait for them to end."""
+        self.accepting = False
+        for call in list(self.calls.values()):
+            if call.answered_at is not None:
+                self.hangup(call)
+            else:
+                self.reject(call, 503, "Service Unavailable")
+            call.end("shutdown")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._quiet(), drain)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+    async def _quiet(self) -> None:
+        """Until the endpoint has no call or transaction left (BYEs answered)."""
+        while self.endpoint is not None and (
+            self.endpoint.call_count or self.endpoint.transaction_count
+        ):
+            await asyncio.sleep(0.05)
+
+    # -- datagram plumbing ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        assert self.endpoint is not None and self._loop is not None
+        self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])), self._loop.time())
+        self._pump()
+
+    def error_received(self, exc: Exception) -> None:
+        self.log.debug("sip.socket_error", error=str(exc))
+
+    def _pump(self) -> None:
+        """Send what the endpoint queued, handle its events, re-arm its timer."""
+        endpoint, loop = self.endpoint, self._loop
+        assert endpoint is not None and loop is not None
+        while True:
+            event = endpoint.next_event()
+            if event is None:
+                break
+            try:
+                self._on_event(event)
+            except Exception:  # one bad call must not stop the server
+                self.log.exception("sip.event_failed", event=type(event).__name__)
+        if self._transport is not None:
+            for data, addr in endpoint.datagrams_to_send(loop.time()):
+                self._transport.sendto(data, addr)
+        deadline = endpoint.get_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        assert self.endpoint is not None and self._loop is not None
+        self._timer = None
+        self.endpoint.handle_timer(self._loop.time())
+        self._pump()
+
+    # -- CallSignalling ------------------------------------------------------------
+
+    def answer(self, call: Call, sdp: bytes) -> None:
+        assert self.endpoint is not None
+        self.endpoint.answer(call.handle, sdp)
+        self._pump()
+
+    def reject(self, call: Call, status: int, reason: str | None = None) -> None:
+        assert self.endpoint is not None
+        with contextlib.suppress(Exception):  # already answered or gone: nothing to refuse
+            self.endpoint.reject(call.handle, status, reason)
+        self._pump()
+
+    def hangup(self, call: Call) -> None:
+        assert self.endpoint is not None
+        self.endpoint.hangup(call.handle)
+        self._pump()
+
+    # -- SIP events ----------------------------------------------------------------
+
+    def _count(self, result: str) -> None:
+        self.calls_total[result] = self.calls_total.get(result, 0) + 1
+
+    def _on_event(self, event: SipEvent) -> None:
+        if isinstance(event, IncomingCall):
+            self._incoming(event)
+        elif isinstance(event, CallReinvited):
+            self._reinvite(event)
+        elif isinstance(event, CallCancelled):
+            call = self.calls.pop(event.call, None)
+            if call is not None:
+                call.end("cancel")
+                self._count("cancelled")
+        elif isinstance(event, CallEnded):
+            call = self.calls.pop(event.call, None)
+            if call is not None:
+                call.end("hangup" if event.by == "remote" else call.end_reason or event.reason)
+                self._count("completed")
+        elif isinstance(event, CallAcked):
+            pass
+        elif isinstance(event, RemoteError):
+            self.log.info(
+                "sip.refused",
+                code=event.code,
+                reason=event.reason,
+                source=f"{event.addr[0]}:{event.addr[1]}",
+                answered=event.answered,
+            )
+
+    def _negotiate(self, body: bytes, port: int, previous: SessionDescription | None) -> Answer:
+        offer = SessionDescription.parse(body)
+        return negotiate(
+            offer,
+            local_address=self.config.rtp_address,
+            local_port=port,
+            preference=tuple(self.config.codecs),
+            ptime=self.config.ptime,
+            previous=previous,
+        )
+
+    def _incoming(self, event: IncomingCall) -> None:
+        assert self.endpoint is not None
+        handle = event.call
+        log = self.log.bind(call_id=handle.call_id, source=f"{event.addr[0]}:{event.addr[1]}")
+        if not self.accepting or len(self.calls) >= self.config.max_calls:
+            log.warning("call.refused", status=503, active=len(self.calls))
+            self.endpoint.reject(handle, 503, headers=[("Retry-After", "5")])
+            self._count("rejected-503")
+            return
+        if (event.request.content_type or "").lower() != "application/sdp":
+            log.warning("call.refused", status=488, why="no SDP offer (late offer unsupported)")
+            self.endpoint.reject(handle, 488)
+            self._count("rejected-488")
+            return
+        try:
+            trial = self._negotiate(event.request.body, 9, None)  # validate before binding
+        except SdpNegotiationError as exc:
+            log.warning("call.refused", status=488, why=str(exc))
+            self.endpoint.reject(handle, 488)
+            self._count("rejected-488")
+            return
+        except SdpError as exc:
+            log.warning("call.refused", status=400, why=str(exc))
+            self.endpoint.reject(handle, 400, "Bad SDP")
+            self._count("rejected-400")
+            return
+        call = Call(
+            handle=handle,
+            request=event.request,
+            source=event.addr,
+            media=trial.media,
+            engine=self.engine,
+            clock=self.clock,
+            ports=self.ports,
+            app=self.app,
+            signalling=self,
+            account_sid=self.config.account_sid,
+            application_sid=self.config.application_sid,
+            inband_dtmf=self.config.inband_dtmf,
+            jitter_target=self.config.jitter_target,
+        )
+        self.calls[handle] = call
+        assert self._loop is not None
+        call.task = self._loop.create_task(self._start_call(call, event.request.body))
+
+    async def _start_call(self, call: Call, offer: bytes) -> None:
+        try:
+            port = await call.open_media()
+        except (PortsExhausted, RuntimeError) as exc:
+            call.log.warning("call.refused", status=503, why=str(exc))
+            self.reject(call, 503, "No Media Ports")
+            self.calls.pop(call.handle, None)
+            call.end("no-ports")
+            self._count("rejected-503")
+            return
+        answer = self._negotiate(offer, port, None)
+        call.answer_sdp = answer.sdp
+        try:
+            await call.run(bytes(answer.sdp))
+        except AppError as exc:  # pragma: no cover - run() maps these itself
+            call.log.error("app.error", error=str(exc))
+        finally:
+            if call.end_reason is not None:
+                self.calls.pop(call.handle, None)
+
+    def _reinvite(self, event: CallReinvited) -> None:
+        assert self.endpoint is not None
+        call = self.calls.get(event.call)
+        if call is None or call.rtp is None:
+            self.endpoint.reject(event.call, 481)
+            return
+        try:
+            answer = self._negotiate(event.request.body, call.rtp.port, call.answer_sdp)
+        except SdpError as exc:
+            call.log.warning("call.reinvite_refused", status=488, why=str(exc))
+            self.endpoint.reject(event.call, 488)
+            return
+        call.answer_sdp = answer.sdp
+        self.endpoint.answer(event.call, bytes(answer.sdp))
+        call.renegotiate(answer.media)
+
+    async def _rtp_watchdog(self) -> None:
+        """Hang up calls that received no RTP for ``rtp_timeout`` seconds."""
+        timeout = self.config.rtp_timeout
+        while timeout > 0:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = self.clock.now()
+            for call in list(self.calls.values()):
+                if call.leg is None or call.answered_at is None or call.media.on_hold:
+                    continue
+                last = call.leg.last_packet_at
+                since = now - (last if last is not None else call.answered_at)
+                if since >= timeout:
+                    call.log.warning("call.rtp_timeout", seconds=round(since, 1))
+                    self.hangup(call)
+                    call.end("rtp-timeout")
+
+
+async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None) -> int:
+    """Run ``serve`` until SIGINT/SIGTERM; return the exit status."""
+    engine = MediaEngine(capacity=max(2, config.max_calls * 2))
+    clock = EngineClock(engine)
+    try:
+        server = SipServer(config, engine, clock)
+    except AppError as exc:
+        get_logger("serve").error("serve.bad_app", error=str(exc))
+        return 2
+    clock.start()
+    try:
+        await server.start()
+    except OSError as exc:
+        get_logger("serve").error(
+            "serve.bind_failed", sip=f"{config.sip_host}:{config.sip_port}", error=str(exc)
+        )
+        clock.stop()
+        return 2
+    if ready is not None:
+        ready.set()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        clock.stop()
+        get_logger("serve").info(
+            "serve.stopped",
+            calls=server.calls_total,
+            ticks=clock.stats.ticks,
+            overruns=clock.stats.overruns,
+            max_tick_ms=round(clock.stats.max_tick_ms, 3),
+        )
+    return 0
