@@ -38,6 +38,15 @@ def _route_uri(route: str) -> SipUri:
     return NameAddr.parse(route, "Route header").sip_uri()
 
 
+def _route_set(values: list[str]) -> tuple[str, ...]:
+    for value in values:
+        try:
+            _route_uri(value)
+        except SipRemoteError:
+            raise SipRemoteError(400, "Malformed Record-Route header") from None
+    return tuple(values)
+
+
 @dataclass
 class Dialog:
     """A dialog as one user agent sees it.
@@ -63,7 +72,11 @@ class Dialog:
 
     @classmethod
     def as_uas(cls, request: SipRequest, local_tag: str) -> Dialog:
-        """The dialog a UAS creates by answering ``request`` (RFC 3261 §12.1.1)."""
+        """The dialog a UAS creates by answering ``request`` (RFC 3261 §12.1.1).
+
+        Refuses (400/416) a request whose Contact or Record-Route could not
+        be routed to later, so the endpoint can check that on arrival.
+        """
         to = request.headers.get("To") or ""
         if request.to_addr.tag is None:
             to = f"{to};tag={local_tag}"
@@ -74,7 +87,7 @@ class Dialog:
             local_party=to,
             remote_party=request.headers.get("From") or "",
             remote_target=_contact_target(request),
-            route_set=tuple(request.headers.get_list("Record-Route")),
+            route_set=_route_set(request.headers.get_list("Record-Route")),
             local_cseq=0,
             remote_cseq=request.cseq.number,
             secure=request.sip_uri.scheme == "sips",
@@ -85,12 +98,17 @@ class Dialog:
         """The dialog a UAC gets from a response with a To tag (RFC 3261 §12.1.2).
 
         A 2xx without a usable Contact still needs its ACK and BYE: the
-        Request-URI of the INVITE stands in as the remote target.
+        Request-URI of the INVITE stands in as the remote target, and an
+        unreadable Record-Route is ignored.
         """
         try:
             target = _contact_target(response)
         except SipRemoteError:
             target = request.uri
+        try:
+            routes = _route_set(response.headers.get_list("Record-Route"))
+        except SipRemoteError:
+            routes = ()  # unusable: go straight to the target rather than nowhere
         return cls(
             call_id=request.call_id,
             local_tag=request.from_addr.tag or "",
@@ -98,7 +116,7 @@ class Dialog:
             local_party=request.headers.get("From") or "",
             remote_party=response.headers.get("To") or "",
             remote_target=target,
-            route_set=tuple(reversed(response.headers.get_list("Record-Route"))),
+            route_set=tuple(reversed(routes)),
             local_cseq=request.cseq.number,
             remote_cseq=None,
             secure=request.sip_uri.scheme == "sips",

@@ -325,7 +325,6 @@ class SipEndpoint:
         if sdp:
             response.headers.add("Content-Type", content_type)
         if tx is c.invite_tx:
-            c.dialog = Dialog.as_uas(tx.request, c.local_tag)
             c.state = CallState.ANSWERED
         else:
             c.reinvite_tx = None
@@ -556,14 +555,12 @@ class SipEndpoint:
             )
 
     def _on_invite(self, request: SipRequest, tx: Transaction, source: Address, now: float) -> None:
-        contact = request.contact
-        if contact is None:
-            raise SipRemoteError(400, "Missing Contact header")
-        contact.sip_uri()
+        dialog = Dialog.as_uas(request, self._tx_tag(tx))  # 400/416: no route back
         self._check_body(request)
         handle = CallHandle(self._next_serial, request.call_id, "inbound")
         self._next_serial += 1
-        c = _Call(handle, CallState.OFFERED, self._tx_tag(tx), request, tx)
+        c = _Call(handle, CallState.OFFERED, dialog.local_tag, request, tx)
+        c.dialog = dialog
         c.index_key = (request.call_id, c.local_tag, request.from_addr.tag or "")
         self._calls[c.index_key] = c
         self._handles[handle] = c
@@ -572,7 +569,7 @@ class SipEndpoint:
         self._events.append(IncomingCall(handle, request, source))
 
     def _in_dialog(self, c: _Call, request: SipRequest, tx: Transaction, now: float) -> None:
-        if c.dialog is not None:
+        if c.dialog is not None:  # an outbound call has one from its 2xx on
             c.dialog.accept_remote_cseq(request)
         method = request.method
         if method == "BYE":
@@ -681,7 +678,7 @@ class SipEndpoint:
             c.provisional_seen = True
             if c.cancel_reason is not None and not c.cancel_sent:
                 self._send_cancel(c, now)
-            if status > 100 and not c.reported:
+            if status > 100 and c.cancel_reason is None:
                 self._events.append(OutgoingCallProgress(c.handle, status, response))
             return
         self._queue.disarm((c, _CallTimer.RING))

@@ -476,6 +476,8 @@ def _parse_fields(lines: list[str], limits: SipLimits) -> tuple[list[tuple[str, 
             if not fields:
                 raise SipRemoteError(400, "Folded line before any header")
             name, value, key = fields[-1]
+            if "\r" in line:
+                raise SipRemoteError(400, "Malformed header line")
             fields[-1] = (name, f"{value} {line.strip()}".strip(), key)
             if len(fields[-1][1]) > limits.max_line_bytes:
                 return fields, "header line too long"
@@ -486,7 +488,7 @@ def _parse_fields(lines: list[str], limits: SipLimits) -> tuple[list[tuple[str, 
             return fields, "header line too long"
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _TOKEN_RE.fullmatch(name):
+        if not colon or not _TOKEN_RE.fullmatch(name) or "\r" in value:
             raise SipRemoteError(400, "Malformed header line")
         fields.append((name, value.strip(), canonical_header_name(name)))
     return fields, ""
@@ -554,11 +556,15 @@ def parse_message(data: bytes, *, limits: SipLimits = DEFAULT_LIMITS) -> SipMess
         data = data[: limits.max_message_bytes]
     head_bytes, body, complete = _split_head(data.lstrip(b"\r\n"))
     if too_big and not complete:
-        raise SipRemoteError(513, "Message Too Large")
+        # The cut fell inside the header section: read the whole lines before
+        # it, so the refusal can still be answered.
+        head_bytes = head_bytes[: max(head_bytes.rfind(b"\n"), 0)]
+        if not head_bytes:
+            raise SipRemoteError(513, "Message Too Large")
     lines = head_bytes.decode(_ENCODING, _ERRORS).split("\n")
     lines = [line[:-1] if line.endswith("\r") else line for line in lines]
-    if not lines[0].strip():
-        raise SipRemoteError(400, "Empty message")
+    if not lines[0].strip() or "\r" in lines[0]:
+        raise SipRemoteError(400, "Empty or malformed start line")
     message = _parse_start_line(lines[0])
     request = message if isinstance(message, SipRequest) else None
     try:

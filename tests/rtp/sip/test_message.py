@@ -261,6 +261,11 @@ def test_unreadable_start_lines_are_400_without_a_request(data: bytes) -> None:
     assert error.request is None
 
 
+def test_bare_cr_inside_a_line_is_400() -> None:
+    assert _refusal(_replace(sipp_invite(), b"To: service", b"To: serv\rice")).code == 400
+    assert _refusal(_replace(sipp_invite(), b"INVITE sip", b"INVITE\rsip")).code == 400
+
+
 def test_header_line_without_colon_is_400_and_keeps_the_request() -> None:
     error = _refusal(_replace(sipp_invite(), b"Subject: Performance Test", b"Subject Test"))
     assert error.code == 400
@@ -387,9 +392,12 @@ def _accepts_or_refuses(data: bytes) -> None:
     except SipRemoteError as error:
         assert 400 <= error.code <= 599
         return
-    # Whatever was accepted serialises to a wire form that reads back as itself.
+    # Whatever was accepted serialises to a wire form that reads back as itself,
+    # and a request's fields can be copied into an answer.
     wire = bytes(message)
     assert bytes(parse_message(wire)) == wire
+    if isinstance(message, SipRequest):
+        assert b"\r\n\r\n" in bytes(build_response(message, 400, to_tag="t"))
 
 
 @settings(max_examples=300, deadline=None)

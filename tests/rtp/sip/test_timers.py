@@ -56,9 +56,9 @@ def test_pops_every_armed_key_once_in_deadline_order(ops: list[tuple[int, float,
         else:
             queue.arm(key, deadline)
             expected[key] = deadline
-    popped = []
-    while (key := queue.pop_due(1000.0)) is not None:
-        popped.append(key)
+    popped: list[int] = []
+    while (due := queue.pop_due(1000.0)) is not None:
+        popped.append(due)
     assert sorted(popped) == sorted(expected)
     deadlines = [expected[k] for k in popped]
     assert deadlines == sorted(deadlines)
