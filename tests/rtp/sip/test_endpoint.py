@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
-from collections.abc import Iterator
+import shutil
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -781,3 +786,151 @@ def test_2000_random_datagrams_then_options_still_answered() -> None:
     peer.events()
     peer.send(sipp_request("OPTIONS", to_tag=None), at=3.0)
     assert peer.one(200).headers.get("Accept") == "application/sdp"
+
+
+# --- a real peer: SIPp on loopback ---------------------------------------------------
+
+SIPP_BINARY = shutil.which("sipp")
+needs_sipp = pytest.mark.skipif(SIPP_BINARY is None, reason="sipp (Debian sip-tester) not found")
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LoopbackUdp(asyncio.DatagramProtocol):
+    """The thinnest asyncio adapter: datagrams and loop time in, datagrams and events out."""
+
+    def __init__(self, on_event: Callable[[SipEndpoint, SipEvent], None]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_event = on_event
+        self.events: list[SipEvent] = []
+        self.ep: SipEndpoint | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.changed = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        self.ep = SipEndpoint(host, port, now=self.loop.time())
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self.ep is not None
+        self.ep.receive_datagram(data, addr, self.loop.time())
+        self.pump()
+
+    def on_timer(self) -> None:
+        assert self.ep is not None
+        self.ep.handle_timer(self.loop.time())
+        self.pump()
+
+    def pump(self) -> None:
+        assert self.ep is not None and self.transport is not None
+        while (event := self.ep.next_event()) is not None:
+            self.events.append(event)
+            self.on_event(self.ep, event)
+            self.changed.set()
+        for data, addr in self.ep.datagrams_to_send(self.loop.time()):
+            self.transport.sendto(data, addr)
+        if self.timer is not None:
+            self.timer.cancel()
+        deadline = self.ep.get_timer()
+        self.timer = None if deadline is None else self.loop.call_at(deadline, self.on_timer)
+
+    async def wait_for(self, kind: type[SipEvent], timeout: float = 10.0) -> SipEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for event in self.events:
+                    if isinstance(event, kind):
+                        return event
+                self.changed.clear()
+                await self.changed.wait()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _sipp(*args: str, cwd: str) -> asyncio.subprocess.Process:
+    assert SIPP_BINARY is not None
+    return await asyncio.create_subprocess_exec(
+        SIPP_BINARY,
+        *args,
+        "-m",
+        "1",
+        "-i",
+        "127.0.0.1",
+        "-mi",
+        "127.0.0.1",
+        "-mp",
+        str(_free_udp_port()),
+        "-timeout",
+        "15",
+        "-timeout_error",
+        "-nostdin",
+        cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def _answer_calls(ep: SipEndpoint, event: SipEvent) -> None:
+    if isinstance(event, IncomingCall):
+        ep.ringing(event.call)
+        ep.answer(event.call, ANSWER_SDP)
+
+
+@needs_sipp
+async def test_sipp_uac_calls_us_and_hangs_up(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    transport, adapter = await loop.create_datagram_endpoint(
+        lambda: LoopbackUdp(_answer_calls), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        assert adapter.ep is not None
+        target = f"127.0.0.1:{adapter.ep.local_port}"
+        sipp = await _sipp("-sn", "uac", target, "-d", "100", cwd=str(tmp_path))
+        ended = await adapter.wait_for(CallEnded)
+        _, stderr = await asyncio.wait_for(sipp.communicate(), 20)
+        assert sipp.returncode == 0, stderr.decode(errors="replace")
+        assert isinstance(ended, CallEnded) and ended.by == "remote"
+        kinds = [type(e).__name__ for e in adapter.events]
+        assert kinds == ["IncomingCall", "CallAcked", "CallEnded"]
+    finally:
+        transport.close()
+
+
+@needs_sipp
+async def test_we_call_sipp_uas_and_hang_up(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    port = _free_udp_port()
+    sipp = await _sipp("-sn", "uas", "-p", str(port), cwd=str(tmp_path))
+    transport, adapter = await loop.create_datagram_endpoint(
+        lambda: LoopbackUdp(lambda ep, event: None), local_addr=("127.0.0.1", 0)
+    )
+    try:
+        assert adapter.ep is not None
+        await asyncio.sleep(0.3)  # let SIPp bind its port
+        call = adapter.ep.invite(
+            f"sip:service@127.0.0.1:{port}", from_uri="sip:mediaserver@127.0.0.1", sdp=ANSWER_SDP
+        )
+        adapter.pump()
+        answered = await adapter.wait_for(OutgoingCallAnswered)
+        assert isinstance(answered, OutgoingCallAnswered) and answered.call == call
+        adapter.ep.hangup(call)
+        adapter.pump()
+        ended = await adapter.wait_for(CallEnded)
+        assert ended == CallEnded(call, "local", "BYE answered 200")
+        _, stderr = await asyncio.wait_for(sipp.communicate(), 20)
+        assert sipp.returncode == 0, stderr.decode(errors="replace")
+    finally:
+        transport.close()
+        if sipp.returncode is None:
+            sipp.kill()
+            await sipp.wait()
