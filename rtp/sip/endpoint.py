@@ -104,6 +104,7 @@ class CallState(enum.Enum):
 class _CallTimer(enum.Enum):
     RETRANSMIT_2XX = "retransmit 2xx"
     ACK_WAIT = "give up waiting for the ACK"
+    ANSWER_WAIT = "inbound call never answered by the application"
     RING = "outgoing call not answered in time"
     CANCEL_WAIT = "give up waiting for the INVITE's final response after CANCEL"
 
@@ -172,7 +173,9 @@ class SipEndpoint:
 
     ``local_host``/``local_port`` are what peers reach us at: they go into
     Via and Contact. App-side methods take an optional ``now``; without it
-    the latest time the endpoint was given is used.
+    the latest time the endpoint was given is used. An inbound call the
+    application neither answers nor rejects within ``answer_timeout`` seconds
+    is refused with 408, so a stuck application cannot leak calls.
     """
 
     def __init__(
@@ -187,6 +190,7 @@ class SipEndpoint:
         accept: Sequence[str] = ("application/sdp",),
         timers: SipTimers | None = None,
         limits: SipLimits = DEFAULT_LIMITS,
+        answer_timeout: float | None = 180.0,
         rng: random.Random | None = None,
     ) -> None:
         unknown = [m for m in allow if m not in IMPLEMENTED_METHODS]
@@ -200,6 +204,7 @@ class SipEndpoint:
         self.accept = tuple(a.lower() for a in accept)
         self.timers = timers or SipTimers()
         self.limits = limits
+        self.answer_timeout = answer_timeout
         self.counters = SipCounters()
         self._rng = rng or random.Random()
         self._now = now
@@ -326,6 +331,7 @@ class SipEndpoint:
             response.headers.add("Content-Type", content_type)
         if tx is c.invite_tx:
             c.state = CallState.ANSWERED
+            self._queue.disarm((c, _CallTimer.ANSWER_WAIT))
         else:
             c.reinvite_tx = None
         tx.respond(response, t)
@@ -566,6 +572,8 @@ class SipEndpoint:
         self._handles[handle] = c
         self._tx_calls[tx] = c
         tx.respond(self._response(request, 100), now)
+        if self.answer_timeout is not None:
+            self._queue.arm((c, _CallTimer.ANSWER_WAIT), now + self.answer_timeout)
         self._events.append(IncomingCall(handle, request, source))
 
     def _in_dialog(self, c: _Call, request: SipRequest, tx: Transaction, now: float) -> None:
@@ -758,6 +766,10 @@ class SipEndpoint:
             self._queue.disarm((c, _CallTimer.RETRANSMIT_2XX))
             self._report(c, CallEnded(c.handle, "local", "no ACK for 200 OK"))
             self._send_bye(c, now)
+        elif timer is _CallTimer.ANSWER_WAIT and c.state is CallState.OFFERED:
+            # Like a proxy's timer C: an INVITE must not stay unanswered forever.
+            c.invite_tx.respond(self._response(c.invite, 408, to_tag=c.local_tag), now)
+            self._end(c, CallEnded(c.handle, "local", "not answered in time"))
         elif timer is _CallTimer.RING and c.state is CallState.CALLING:
             self._report(c, OutgoingCallFailed(c.handle, 408, "No answer"))
             if c.cancel_reason is None:

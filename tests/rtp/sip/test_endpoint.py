@@ -364,6 +364,18 @@ def test_hangup_before_answer_declines() -> None:
     assert peer.events() == [CallEnded(call, "local", "rejected with 603")]
 
 
+def test_a_call_the_app_never_answers_is_refused_408_and_forgotten() -> None:
+    peer = Peer()
+    peer.ep = SipEndpoint("127.0.0.1", 5060, now=0.0, answer_timeout=10.0)
+    call = peer.incoming_call()
+    sent = list(peer.run(10.0))
+    assert [(t, m.status) for t, m in sent if isinstance(m, SipResponse)] == [(10.0, 408)]
+    assert peer.events() == [CallEnded(call, "local", "not answered in time")]
+    peer.ep.answer(call, ANSWER_SDP)  # too late: ignored
+    assert peer.out() == []
+    assert peer.ep.call_count == 0
+
+
 # --- out-of-dialog requests and errors ------------------------------------------
 
 
