@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Protocol
 
 from mediaserver.app import AppError, Application, Verb
+from mediaserver.dump import CallDump
 from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
 from mediaserver.logs import call_logger
 from mediaserver.rtp_socket import PortPool, RtpSocket
@@ -91,6 +93,7 @@ class Call:
         application_sid: str = "",
         inband_dtmf: bool = True,
         jitter_target: float = 0.04,
+        dump_dir: Path | None = None,
     ) -> None:
         self.handle = handle
         self.call_sid = str(uuid.uuid4())
@@ -109,6 +112,8 @@ class Call:
         self.signalling = signalling
         self.inband_dtmf = inband_dtmf
         self.jitter_target = jitter_target
+        self.dump_dir = dump_dir
+        self.dump: CallDump | None = None
         self.log = call_logger(self.call_sid, call_id=request.call_id)
         self.leg: Leg | None = None
         self.rtp: RtpSocket | None = None
@@ -124,6 +129,9 @@ class Call:
     async def open_media(self) -> int:
         """Create the leg and bind its RTP port; return the port for the SDP answer."""
         self.leg = self._new_leg(self.media)
+        if self.dump_dir is not None:
+            self.dump = CallDump(self.dump_dir, self.call_sid, self.leg.sample_rate)
+            self.leg.listeners.append(self.dump)
         remote = self._remote(self.media)
         self.rtp = await RtpSocket.open(self.ports, self.leg, remote, self.clock.now)
         self._apply_direction(self.media)
@@ -161,7 +169,9 @@ class Call:
         self.media = media
         if media.codec != old.codec or media.payload_type != old.payload_type:
             self.engine.remove_leg(self.leg)
+            listeners = self.leg.listeners
             self.leg = self._new_leg(media)
+            self.leg.listeners = listeners  # forks and dumps follow the call, at their rate
             self.rtp.leg = self.leg
             self.engine.add_leg(self.leg)
         remote = self._remote(media)
@@ -243,12 +253,24 @@ class Call:
         duration = (
             round(self.clock.now() - self.answered_at, 3) if self.answered_at is not None else 0
         )
+        digits = "".join(k.digit for k in self.digits)
         self.log.info(
             "call.end",
             reason=reason,
             codec=self.media.codec,
             duration=duration,
-            digits="".join(k.digit for k in self.digits),
+            digits=digits,
             **stats,
         )
+        if self.dump is not None:
+            self.dump.close(
+                {
+                    "attributes": self.attributes,
+                    "reason": reason,
+                    "codec": self.media.codec,
+                    "duration": duration,
+                    "digits": [asdict(k) for k in self.digits],
+                    **stats,
+                }
+            )
         self.done.set()

@@ -52,7 +52,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     from mediaserver.server import run_server
 
     try:
-        overrides: dict[str, object] = {"app": args.app, "max_calls": args.max_calls}
+        overrides: dict[str, object] = {
+            "app": args.app,
+            "max_calls": args.max_calls,
+            "dump_dir": args.dump_dir,
+        }
         if args.sip:
             overrides["sip_host"], overrides["sip_port"] = parse_host_port(args.sip)
         if args.rtp_ports:
@@ -108,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="verb-array JSON file, or an http(s) URL POSTed the call attributes per call",
     )
     serve.add_argument("--max-calls", type=int, metavar="N", help="answer 503 beyond N calls")
+    serve.add_argument(
+        "--dump-dir", metavar="DIR", help="write each call's decoded audio + JSON summary here"
+    )
     serve.set_defaults(func=_run_serve)
 
     call = sub.add_parser(

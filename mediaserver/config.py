@@ -47,6 +47,8 @@ class ServerConfig:
     application_sid: str = ""
     # [log]
     log_level: str = "INFO"
+    # [debug]
+    dump_dir: str = ""  # write each call's decoded audio (WAV) and a JSON summary here
 
     @property
     def rtp_address(self) -> str:
@@ -71,6 +73,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "application_sid": "application_sid",
     },
     "log": {"level": "log_level"},
+    "debug": {"dump_dir": "dump_dir"},
 }
 _FIELD_NAMES = {
     f"[{sec}] {key}": attr for sec, keys in _SECTIONS.items() for key, attr in keys.items()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from pathlib import Path
 from typing import cast
 
 from mediaserver.app import AppError, Application
@@ -252,6 +253,7 @@ class SipServer(asyncio.DatagramProtocol):
             application_sid=self.config.application_sid,
             inband_dtmf=self.config.inband_dtmf,
             jitter_target=self.config.jitter_target,
+            dump_dir=Path(self.config.dump_dir) if self.config.dump_dir else None,
         )
         self.calls[handle] = call
         assert self._loop is not None
@@ -340,9 +342,14 @@ async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None
     finally:
         await server.stop()
         clock.stop()
+        await asyncio.sleep(0)  # let cancelled call tasks finish
         get_logger("serve").info(
             "serve.stopped",
             calls=server.calls_total,
+            live_calls=len(server.calls),
+            rtp_ports_in_use=len(server.ports.in_use),
+            engine_legs=len(engine.legs),
+            tasks=len(asyncio.all_tasks()) - 1,
             ticks=clock.stats.ticks,
             overruns=clock.stats.overruns,
             max_tick_ms=round(clock.stats.max_tick_ms, 3),
