@@ -5,7 +5,8 @@ Owns ``SipRequest``/``SipResponse``, their ordered, case-insensitive
 ``v``/``i``/``f`` looked up as their full names), ``parse_message`` with its
 ``SipLimits`` (message size, header count, line length), the framing rules of
 RFC 3261 §7 and §18.3 (line folding, Content-Length, a datagram longer than
-Content-Length is truncated, a shorter one refused), the checks every request
+Content-Length is truncated, a shorter one refused; ``SipStreamFramer`` cuts
+a TCP byte stream into messages by Content-Length), the checks every request
 must pass to be answerable (version, URI scheme, mandatory headers, CSeq
 method), ``build_response`` (RFC 3261 §8.2.6: Via/From/To/Call-ID/CSeq
 copied) and the standard reason phrases.
@@ -37,6 +38,7 @@ __all__ = [
     "SipMessage",
     "SipRequest",
     "SipResponse",
+    "SipStreamFramer",
     "build_response",
     "canonical_header_name",
     "parse_message",
@@ -453,15 +455,23 @@ def _has_tag(value: str) -> bool:
 # --------------------------------------------------------------------------
 
 
-def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
-    """(header section, body, had a blank line) at the first empty line."""
+def _head_end(data: bytes | bytearray) -> tuple[int, int] | None:
+    """(end of the header section, start of the body) at the first empty line."""
     crlf = data.find(b"\r\n\r\n")
     lf = data.find(b"\n\n")
     if crlf >= 0 and (lf < 0 or crlf < lf):
-        return data[:crlf], data[crlf + 4 :], True
+        return crlf, crlf + 4
     if lf >= 0:
-        return data[:lf], data[lf + 2 :], True
-    return data, b"", False
+        return lf, lf + 2
+    return None
+
+
+def _split_head(data: bytes) -> tuple[bytes, bytes, bool]:
+    """(header section, body, had a blank line) at the first empty line."""
+    end = _head_end(data)
+    if end is None:
+        return data, b"", False
+    return data[: end[0]], data[end[1] :], True
 
 
 def _parse_fields(lines: list[str], limits: SipLimits) -> tuple[list[tuple[str, str, str]], str]:
@@ -593,3 +603,59 @@ def parse_message(data: bytes, *, limits: SipLimits = DEFAULT_LIMITS) -> SipMess
         error.request = request
         raise
     return message
+
+
+_STREAM_LENGTH_RE = re.compile(
+    rb"^(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*\r?$", re.I | re.M
+)
+
+
+class SipStreamFramer:
+    """Cuts a stream transport's bytes (TCP) into messages (RFC 3261 §18.3).
+
+    On a stream every message must carry Content-Length. CRLFs between
+    messages (keep-alives, RFC 5626) are skipped. A framing error (no or
+    conflicting Content-Length, a header section or message over the limits)
+    raises ``SipRemoteError``: the stream cannot be resynchronised and the
+    connection should be closed. A well-framed message that fails to parse is
+    returned as its ``SipRemoteError`` so the caller can answer it and go on.
+    """
+
+    def __init__(self, *, limits: SipLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[SipMessage | SipRemoteError]:
+        """Add bytes; return every message (or per-message error) now complete."""
+        self._buffer += data
+        out: list[SipMessage | SipRemoteError] = []
+        buffer = self._buffer
+        while True:
+            start = 0
+            while start < len(buffer) and buffer[start] in b"\r\n":
+                start += 1
+            del buffer[:start]
+            end = _head_end(buffer[: self.limits.max_message_bytes])
+            if end is None:
+                if len(buffer) > self.limits.max_message_bytes:
+                    raise SipRemoteError(513, "Message Too Large (header section)")
+                return out
+            head_end, body_start = end
+            lengths = {int(m) for m in _STREAM_LENGTH_RE.findall(buffer[:head_end])}
+            if len(lengths) != 1:
+                raise SipRemoteError(400, "Stream message needs one Content-Length")
+            total = body_start + lengths.pop()
+            if total > self.limits.max_message_bytes:
+                raise SipRemoteError(513, "Message Too Large")
+            if len(buffer) < total:
+                return out
+            try:
+                out.append(parse_message(bytes(buffer[:total]), limits=self.limits))
+            except SipRemoteError as error:
+                out.append(error)
+            del buffer[:total]
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+        return len(self._buffer)

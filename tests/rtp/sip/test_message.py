@@ -12,6 +12,7 @@ from rtp.sip.message import (
     SipLimits,
     SipRequest,
     SipResponse,
+    SipStreamFramer,
     build_response,
     parse_message,
 )
@@ -373,6 +374,60 @@ def test_build_response_keeps_an_existing_to_tag() -> None:
     request = parse_message(sipp_request("BYE", to_tag="theirs", cseq=2))
     assert isinstance(request, SipRequest)
     assert build_response(request, 200, to_tag="other").to_addr.tag == "theirs"
+
+
+# --- stream framing (TCP) ----------------------------------------------------------
+
+STREAM = [sipp_invite(), sipp_request("ACK", to_tag="t"), SOFTPHONE_INVITE]
+
+
+def test_framer_cuts_a_stream_into_its_messages_whatever_the_chunking() -> None:
+    data = b"\r\n\r\n".join(STREAM)  # CRLF keep-alives between messages
+    for size in (1, 7, 100, len(data)):
+        framer = SipStreamFramer()
+        got = []
+        for i in range(0, len(data), size):
+            got.extend(framer.feed(data[i : i + size]))
+        assert [bytes(m) for m in got if isinstance(m, SipRequest)] == [
+            bytes(parse_message(m)) for m in STREAM
+        ]
+        assert framer.pending == 0
+
+
+@given(st.lists(st.integers(1, len(b"".join(STREAM))), max_size=6))
+def test_framer_split_points_do_not_matter(cuts: list[int]) -> None:
+    data = b"".join(STREAM)
+    framer = SipStreamFramer()
+    got = []
+    previous = 0
+    for cut in [*sorted(cuts), len(data)]:
+        got.extend(framer.feed(data[previous:cut]))
+        previous = max(previous, cut)
+    assert len(got) == len(STREAM)
+
+
+def test_framer_returns_a_bad_but_framed_message_as_its_error_and_goes_on() -> None:
+    bad = sipp_invite().replace(b"CSeq: 1 INVITE\r\n", b"")
+    framer = SipStreamFramer()
+    error, good = framer.feed(bad + STREAM[1])
+    assert isinstance(error, SipRemoteError) and error.code == 400
+    assert isinstance(good, SipRequest) and good.method == "ACK"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (_replace(sipp_request("ACK", to_tag="t"), b"Content-Length: 0\r\n", b""), 400),
+        (_replace(sipp_request("ACK", to_tag="t"), b"Content-Length: 0", b"l: 1\r\nl: 2"), 400),
+        (_replace(sipp_invite(), b"Content-Length: 129", b"Content-Length: 99999"), 513),
+        (b"INVITE sip:a@b SIP/2.0\r\nX: " + b"x" * 70000, 513),
+    ],
+    ids=["no-length", "two-lengths", "body-too-big", "endless-headers"],
+)
+def test_framer_refuses_what_cannot_be_framed(data: bytes, code: int) -> None:
+    with pytest.raises(SipRemoteError) as caught:
+        SipStreamFramer().feed(data)
+    assert caught.value.code == code
 
 
 # --- fuzz: accept or raise the documented error --------------------------------
