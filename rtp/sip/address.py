@@ -106,6 +106,8 @@ def _split_host_port(text: str, what: str) -> tuple[str, int | None]:
 
 def _split_outside_quotes(text: str, separator: str, *, angle: bool = False) -> list[str]:
     """Split on ``separator`` outside double quotes (and ``<...>`` if ``angle``)."""
+    if '"' not in text and not (angle and ("<" in text or ">" in text)):
+        return text.split(separator)  # nothing to protect: the common case
     parts: list[str] = []
     start = 0
     quoted = False
