@@ -970,7 +970,8 @@ class SipEndpoint:
             if isinstance(handle, CallHandle) and handle.serial < self._next_serial:
                 return None  # already ended: a late call from the application is harmless
             raise SipLocalError(f"unknown call {handle!r}")
-        return None if c.state is CallState.ENDED else c
+        # Ending (our BYE is out) counts as over: the app may race its own hangup.
+        return None if c.state in (CallState.ENDING, CallState.ENDED) else c
 
     def _tx_tag(self, tx: Transaction) -> str:
         tag = self._tx_tags.get(tx)

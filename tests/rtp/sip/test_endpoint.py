@@ -296,6 +296,21 @@ def test_reinvite_is_reported_and_answered_with_new_sdp() -> None:
     assert addr == ("127.0.0.1", 5071)
 
 
+def test_answering_a_reinvite_after_our_own_hangup_does_nothing() -> None:
+    peer = Peer()
+    call, tag = peer.established_call()
+    peer.send(sipp_request("INVITE", to_tag=tag, cseq=2, branch="z9hG4bK-r1", body="v=0\r\n"))
+    peer.one(100)
+    assert isinstance(peer.events()[0], CallReinvited)
+    peer.ep.hangup(call)
+    terminated, bye = (m for m, _ in peer.out())
+    assert isinstance(terminated, SipResponse) and terminated.status == 487
+    assert isinstance(bye, SipRequest) and bye.method == "BYE"
+    peer.ep.answer(call, ANSWER_SDP)  # the app's answer raced its hangup: ignored
+    peer.ep.hangup(call)
+    assert peer.out() == []
+
+
 def test_reinvite_rejected_with_488_keeps_the_call() -> None:
     peer = Peer()
     call, tag = peer.established_call()
