@@ -84,7 +84,10 @@ def parse_verbs(doc: Any, source: str = "app") -> list[Verb]:
         if name not in SUPPORTED_VERBS:
             supported = ", ".join(SUPPORTED_VERBS)
             raise AppError(f"{source}: {verb.describe()}: unknown verb; supported: {supported}")
-        _validate(verb)
+        try:
+            _validate(verb)
+        except AppError as exc:
+            raise AppError(f"{source}: {exc}") from None
         verbs.append(verb)
     return verbs
 

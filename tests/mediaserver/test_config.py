@@ -1,0 +1,63 @@
+"""Server configuration: defaults, the shipped TOML, overrides, named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mediaserver.config import (
+    ConfigError,
+    ServerConfig,
+    load_config,
+    parse_host_port,
+    parse_port_range,
+)
+
+SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "server.toml"
+
+
+def test_shipped_config_documents_exactly_the_defaults() -> None:
+    assert load_config(SHIPPED) == ServerConfig()
+
+
+def test_overrides_beat_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[sip]\nport = 5080\n[calls]\nmax_calls = 7\n[rtp]\nhost = "::1"\n')
+    cfg = load_config(path, max_calls=3, app=None)
+    assert (cfg.sip_port, cfg.max_calls, cfg.rtp_address) == (5080, 3, "::1")
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[sip]\nport = 70000\n", "[sip] port: must be 1..65535"),
+        ('[sip]\nport = "x"\n', "[sip] port: must be an integer"),
+        ("[rtp]\nport_low = 5000\nport_high = 4000\n", "[rtp] port_low/port_high"),
+        ('[media]\ncodecs = ["GSM"]\n', "[media] codecs: choose from"),
+        ("[media]\nptime = 25\n", "[media] ptime"),
+        ("[media]\ninband_dtmf = 1\n", "[media] inband_dtmf: must be true or false"),
+        ('[sip]\nhots = "x"\n', "[sip] hots: unknown option; [sip] has host, port"),
+        ("[video]\nx = 1\n", "[video]: unknown section"),
+        ('[sip]\nhost = "example"\n', "[sip] host: need an IP address"),
+        ('[log]\nlevel = "LOUD"\n', "[log] level"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value)
+
+
+def test_host_port_and_range_parsing() -> None:
+    assert parse_host_port("127.0.0.1:5070") == ("127.0.0.1", 5070)
+    assert parse_host_port("[::1]:5080") == ("::1", 5080)
+    assert parse_host_port("::1") == ("::1", 5060)
+    assert parse_port_range("40000-40100") == (40000, 40100)
+    with pytest.raises(ConfigError, match="--rtp-ports: expected LOW-HIGH"):
+        parse_port_range("40000")
+    with pytest.raises(ConfigError, match="--config: no such file"):
+        load_config("/nonexistent.toml")
