@@ -129,3 +129,13 @@ def test_over_the_call_limit_is_503(tmp_path: Path) -> None:
         refused = server.wait_for("call.refused")
     assert [e["status"] for e in refused] == [503]
     assert len(server.events("call.answered")) == 1
+
+
+def test_reinvite_hold_then_codec_change(tmp_path: Path) -> None:
+    with Server(tmp_path, [{"verb": "pause", "length": 30}]) as server:
+        res = run_sipp(tmp_path, server, "-sf", str(SCENARIOS / "reinvite.xml"), "-m", "1")
+        assert res.returncode == 0, res.stdout[-3000:]
+        server.wait_for("call.end")
+    changes = [(e["codec"], e["on_hold"]) for e in server.events("call.reinvite")]
+    assert changes == [("PCMU/8000", True), ("PCMA/8000", False)]
+    assert server.events("call.end")[0]["reason"] == "hangup"
