@@ -38,6 +38,9 @@ from rtp.sip.events import (
     CallHandle,
     CallReinvited,
     IncomingCall,
+    OutgoingCallAnswered,
+    OutgoingCallFailed,
+    OutgoingCallProgress,
     RemoteError,
     SipEvent,
 )
@@ -63,6 +66,9 @@ class SipServer(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        # UAC: outgoing calls placed by place_call (the dial verb builds on this)
+        self._outgoing: dict[CallHandle, asyncio.Future[SipEvent]] = {}
+        self._outgoing_ended: dict[CallHandle, asyncio.Future[CallEnded]] = {}
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -153,6 +159,51 @@ class SipServer(asyncio.DatagramProtocol):
         self.endpoint.handle_timer(self._loop.time())
         self._pump()
 
+    # -- UAC ------------------------------------------------------------------------
+
+    async def place_call(
+        self, target_uri: str, *, from_uri: str, sdp: bytes, timeout: float = 30.0
+    ) -> tuple[CallHandle, OutgoingCallAnswered | OutgoingCallFailed]:
+        """INVITE ``target_uri``; return when it is answered or has failed."""
+        assert self.endpoint is not None and self._loop is not None
+        handle = self.endpoint.invite(target_uri, from_uri=from_uri, sdp=sdp, timeout=timeout)
+        answered: asyncio.Future[SipEvent] = self._loop.create_future()
+        self._outgoing[handle] = answered
+        self._outgoing_ended[handle] = self._loop.create_future()
+        self._pump()
+        outcome = await answered
+        assert isinstance(outcome, OutgoingCallAnswered | OutgoingCallFailed)
+        return handle, outcome
+
+    async def end_outgoing(self, handle: CallHandle, timeout: float = 10.0) -> CallEnded:
+        """Hang up an outgoing call (BYE, or CANCEL before answer); wait for the end."""
+        assert self.endpoint is not None
+        ended = self._outgoing_ended[handle]
+        if not ended.done():
+            self.endpoint.hangup(handle)
+            self._pump()
+        return await asyncio.wait_for(asyncio.shield(ended), timeout)
+
+    def _outgoing_event(self, handle: CallHandle, event: SipEvent) -> None:
+        answered = self._outgoing.get(handle)
+        if isinstance(event, OutgoingCallProgress):
+            self.log.info("uac.progress", call_id=handle.call_id, status=event.status)
+            return
+        if isinstance(event, OutgoingCallAnswered | OutgoingCallFailed):
+            if isinstance(event, OutgoingCallFailed):
+                self._finish_outgoing(handle, CallEnded(handle, "remote", event.reason))
+            if answered is not None and not answered.done():
+                answered.set_result(event)
+            return
+        if isinstance(event, CallEnded):
+            self._finish_outgoing(handle, event)
+
+    def _finish_outgoing(self, handle: CallHandle, event: CallEnded) -> None:
+        self._outgoing.pop(handle, None)
+        ended = self._outgoing_ended.pop(handle, None)
+        if ended is not None and not ended.done():
+            ended.set_result(event)
+
     # -- CallSignalling ------------------------------------------------------------
 
     def answer(self, call: Call, sdp: bytes) -> None:
@@ -177,6 +228,10 @@ class SipServer(asyncio.DatagramProtocol):
         self.calls_total[result] = self.calls_total.get(result, 0) + 1
 
     def _on_event(self, event: SipEvent) -> None:
+        handle = getattr(event, "call", None)
+        if isinstance(handle, CallHandle) and handle.direction == "outbound":
+            self._outgoing_event(handle, event)
+            return
         if isinstance(event, IncomingCall):
             self._incoming(event)
         elif isinstance(event, CallReinvited):
