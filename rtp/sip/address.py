@@ -47,6 +47,7 @@ _VIA_RE = re.compile(
 )
 _CSEQ_RE = re.compile(r"([0-9]{1,10})\s+(" + _TOKEN + r")")
 _MAX_CSEQ = 2**31 - 1
+_NOT_IN_URI_RE = re.compile(r'[\s"<>]')
 
 
 def _bad(what: str) -> SipRemoteError:
@@ -231,6 +232,8 @@ class SipUri:
     @classmethod
     def parse(cls, text: str) -> SipUri:
         text = text.strip()
+        if _NOT_IN_URI_RE.search(text):
+            raise _bad("URI (whitespace, quote or angle bracket)")
         scheme, colon, rest = text.partition(":")
         if not colon or not scheme:
             raise _bad("URI")

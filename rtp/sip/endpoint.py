@@ -13,8 +13,9 @@ INVITE, ACK for the 2xx, CANCEL and BYE.
 
 Errors are answered, never raised out of ``receive_datagram``:
 
-- 400 for a malformed request or a missing Via/From/To/Call-ID/CSeq (or a
-  Contact in an INVITE); a missing Max-Forwards is tolerated;
+- 400 for a malformed request or a missing Via/From/To/Call-ID/CSeq (or,
+  in an INVITE, a Contact or Record-Route we could not route back to); a
+  missing Max-Forwards is tolerated;
 - 481 for a request inside an unknown dialog or a CANCEL matching nothing;
 - 482 for a merged request (same From tag/Call-ID/CSeq, another branch);
 - 405/501 for a method outside ``allow``/unknown, 415 for a body that is
@@ -26,7 +27,8 @@ An error is answered when the top Via and CSeq are readable (the response
 then reaches the sender and matches its transaction); whatever of From, To
 and Call-ID is present is copied. Otherwise, and for ACKs, the message is
 dropped. Either way ``counters`` counts it and a ``RemoteError`` event says
-so. 503 for a call limit is the application's decision: ``reject(call, 503)``.
+so. 503 for a call limit is the application's decision: ``reject(call, 503)``;
+an INVITE the application leaves unanswered for ``answer_timeout`` gets 408.
 
 Must not: open sockets, read the clock, log, or parse SDP (bodies are opaque
 bytes with a content type).

@@ -543,9 +543,12 @@ def _check_request(request: SipRequest) -> None:
 
 
 def _check_response(response: SipResponse) -> None:
+    """What a response must have before any transaction acts on it."""
     response.top_via  # noqa: B018
     response.cseq  # noqa: B018
     response.call_id  # noqa: B018
+    response.from_addr  # noqa: B018
+    response.to_addr  # noqa: B018
 
 
 def parse_message(data: bytes, *, limits: SipLimits = DEFAULT_LIMITS) -> SipMessage:
@@ -557,8 +560,8 @@ def parse_message(data: bytes, *, limits: SipLimits = DEFAULT_LIMITS) -> SipMess
     is refused. Requests are checked for SIP/2.0, a sip/sips Request-URI, a
     readable Via, From, To, Call-ID and CSeq (whose method must match), and a
     numeric Max-Forwards if present (a missing one is tolerated, as many
-    devices omit it on in-dialog requests). Responses need Via, CSeq and
-    Call-ID. Anything else raises ``SipRemoteError`` whose ``request`` is the
+    devices omit it on in-dialog requests). Responses need Via, CSeq,
+    Call-ID, From and To. Anything else raises ``SipRemoteError`` whose ``request`` is the
     readable part when the message was a request.
     """
     too_big = len(data) > limits.max_message_bytes

@@ -53,7 +53,18 @@ def test_other_uri_schemes_are_416(text: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["sip:", "sip:@host", "sip:a@", "sip:a@host:port", "sip:a@[::1", "sip:a@[zz::1]", "nocolon"],
+    [
+        "sip:",
+        "sip:@host",
+        "sip:a@",
+        "sip:a@host:port",
+        "sip:a@[::1",
+        "sip:a@[zz::1]",
+        "nocolon",
+        "sip:a@host:50\t;transport=udp",
+        "sip:a@host;x=a b",
+        'sip:a@host?h="v"',
+    ],
 )
 def test_malformed_uris_are_400(text: str) -> None:
     with pytest.raises(SipRemoteError) as caught:

@@ -8,7 +8,7 @@ import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -801,6 +801,38 @@ def test_endpoint_never_raises_and_keeps_answering_options(
     peer.events()
     peer.send(sipp_request("OPTIONS", to_tag=None, branch="z9hG4bK-final-check"), at=300.0)
     assert peer.one(200).cseq.method == "OPTIONS"
+
+
+def _mutate(draw: Callable[[st.SearchStrategy[Any]], Any], data: bytes) -> bytes:
+    buffer = bytearray(data)
+    for _ in range(draw(st.integers(0, 4))):
+        pos = draw(st.integers(0, max(len(buffer) - 1, 0)))
+        if draw(st.booleans()) and buffer:
+            buffer[pos] = draw(st.integers(0, 255))
+        else:
+            buffer[pos:pos] = draw(st.sampled_from([b";", b":", b"<", b",", b"\r\n", b"@", b"["]))
+    return bytes(buffer)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_outgoing_call_survives_mangled_responses(data: st.DataObject) -> None:
+    peer = Peer()
+    call = peer.ep.invite("sip:svc@127.0.0.1:5090", from_uri="sip:ms@127.0.0.1", sdp=ANSWER_SDP)
+    ((invite_bytes, _),) = peer.ep.datagrams_to_send(0.0)
+    invite = parse_message(invite_bytes)
+    assert isinstance(invite, SipRequest)
+    headers = {n: invite.headers.get(n) or "" for n in ("Via", "From", "To", "Call-ID", "CSeq")}
+    statuses = ["100 Trying", "180 Ringing", "200 OK", "486 Busy Here", "183 Session Progress"]
+    for i, status in enumerate(data.draw(st.lists(st.sampled_from(statuses), max_size=4))):
+        response = sipp_uas_response(status, invite_headers=headers, to_tag="t9")
+        peer.send(_mutate(data.draw, response), at=0.1 * (i + 1), addr=UAS)
+        peer.ep.datagrams_to_send(peer.now)
+        peer.events()
+    peer.ep.hangup(call)
+    list(peer.run(200.0))
+    peer.events()
+    assert peer.ep.call_count == 0 and peer.ep.transaction_count == 0
 
 
 def test_2000_random_datagrams_then_options_still_answered() -> None:
