@@ -954,7 +954,8 @@ async def test_sipp_uac_calls_us_and_hangs_up(tmp_path: Path) -> None:
     try:
         assert adapter.ep is not None
         target = f"127.0.0.1:{adapter.ep.local_port}"
-        sipp = await _sipp("-sn", "uac", target, "-d", "100", cwd=str(tmp_path))
+        port = str(_free_udp_port())  # not SIPp's default 5060: other suites may hold it
+        sipp = await _sipp("-sn", "uac", target, "-p", port, "-d", "100", cwd=str(tmp_path))
         ended = await adapter.wait_for(CallEnded)
         _, stderr = await asyncio.wait_for(sipp.communicate(), 20)
         assert sipp.returncode == 0, stderr.decode(errors="replace")
