@@ -17,7 +17,7 @@ Errors are answered, never raised out of ``receive_datagram``:
   in an INVITE, a Contact or Record-Route we could not route back to); a
   missing Max-Forwards is tolerated;
 - 481 for a request inside an unknown dialog or a CANCEL matching nothing;
-- 482 for a merged request (same From tag/Call-ID/CSeq, another branch);
+- 482 for a merged INVITE (same From tag/Call-ID/CSeq, another branch);
 - 405/501 for a method outside ``allow``/unknown, 415 for a body that is
   not ``application/sdp``, 416 for a non-SIP Request-URI, 420 for an
   unsupported ``Require``, 500 for an out-of-order CSeq or an INVITE while
@@ -500,11 +500,19 @@ class SipEndpoint:
                 tx.respond(response, now)
                 self.counters.errors_answered += 1
                 self._events.append(RemoteError(error.code, error.reason, source, True))
+            else:  # a final response is already out: nothing more can be said
+                self.counters.dropped += 1
+                self._events.append(RemoteError(error.code, error.reason, source, False))
             if tx.terminated:
                 self._forget(tx)
 
     def _check_merged(self, request: SipRequest, tx: Transaction) -> None:
-        if request.to_addr.tag is not None:
+        """RFC 3261 §8.2.2.2, for INVITEs only: a forking loop would make two calls.
+
+        (Applied to every method, it would turn away pingers that reuse their
+        Call-ID and CSeq for each OPTIONS.)
+        """
+        if request.method != "INVITE" or request.to_addr.tag is not None:
             return
         cseq = request.cseq
         merge_key = (request.call_id, request.from_addr.tag, cseq.number, cseq.method)

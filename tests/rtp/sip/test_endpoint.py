@@ -513,6 +513,13 @@ def test_merged_request_is_482() -> None:
     assert peer.events() == [RemoteError(482, "Loop Detected", SIPP, True)]
 
 
+def test_pinger_reusing_call_id_and_cseq_is_not_a_loop() -> None:
+    peer = Peer()
+    for i in range(3):
+        peer.send(sipp_request("OPTIONS", to_tag=None, branch=f"z9hG4bK-ping-{i}"), at=i * 5.0)
+        assert peer.one(200).cseq.method == "OPTIONS"
+
+
 def test_crlf_keepalives_are_ignored() -> None:
     peer = Peer()
     peer.send(b"\r\n\r\n")
