@@ -23,10 +23,12 @@ Errors are answered, never raised out of ``receive_datagram``:
   unsupported ``Require``, 500 for an out-of-order CSeq or an INVITE while
   another is pending, 505 for another SIP version, 413/513 for size limits.
 
-An error is answered when the top Via and CSeq are readable (the response
-then reaches the sender and matches its transaction); whatever of From, To
-and Call-ID is present is copied. Otherwise, and for ACKs, the message is
-dropped. Either way ``counters`` counts it and a ``RemoteError`` event says
+An error is answered when the top Via is readable (the response then
+reaches the sender) and the CSeq is readable or the method is one we
+implement (a missing CSeq is answered as ``CSeq: 0 <METHOD>``, which still
+matches the sender's transaction by branch and method); whatever of From,
+To and Call-ID is present is copied. Otherwise, and for ACKs, the message
+is dropped. Either way ``counters`` counts it and a ``RemoteError`` event says
 so. 503 for a call limit is the application's decision: ``reject(call, 503)``;
 an INVITE the application leaves unanswered for ``answer_timeout`` gets 408.
 
@@ -863,7 +865,15 @@ class SipEndpoint:
             try:
                 self._stamp_via(request, source)
                 destination = self._response_destination(request.top_via)
-                request.cseq  # noqa: B018 - the sender matches our answer by it
+                try:
+                    request.cseq  # noqa: B018 - the sender matches our answer by it
+                except SipRemoteError:
+                    if request.method not in IMPLEMENTED_METHODS:
+                        raise
+                    # No readable CSeq: still say why (RFC 3261 §8.2.2 asks for a 400).
+                    # The sender's transaction matches on the Via branch and the
+                    # method, which the request line gives; the number is unknown.
+                    request.headers.set("CSeq", f"0 {request.method}")
                 to_tag = None if request.headers.get("To") is None else self._token()
                 response = self._response(
                     request, error.code, error.reason, to_tag=to_tag, headers=error.headers

@@ -115,7 +115,13 @@ def test_two_thousand_random_datagrams_do_not_stop_it_answering(server: Server) 
 
 @pytest.mark.parametrize(
     ("omit", "code"),
-    [(("Call-ID",), 400), (("From",), 400), (("To",), 400), (("Contact",), 400)],
+    [
+        (("Call-ID",), 400),
+        (("CSeq",), 400),
+        (("From",), 400),
+        (("To",), 400),
+        (("Contact",), 400),
+    ],
 )
 def test_invite_missing_a_mandatory_header_gets_400(
     server: Server, omit: tuple[str, ...], code: int

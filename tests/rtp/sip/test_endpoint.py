@@ -482,12 +482,11 @@ def test_supported_extensions_pass_require() -> None:
     "data",
     [
         sipp_invite().replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061;branch=z9hG4bK-4242-1-0\r\n", b""),
-        sipp_invite().replace(b"CSeq: 1 INVITE\r\n", b""),
         sipp_invite().replace(b"Via: SIP/2.0/UDP 127.0.0.1:5061", b"Via: SIP/2.0/UDP [::1"),
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
         b"SIP/2.0 200 OK\r\n\r\n",
     ],
-    ids=["no-via", "no-cseq", "bad-via", "tls-hello", "bare-response"],
+    ids=["no-via", "bad-via", "tls-hello", "bare-response"],
 )
 def test_unanswerable_messages_are_dropped_and_counted(data: bytes) -> None:
     peer = Peer()
@@ -496,6 +495,17 @@ def test_unanswerable_messages_are_dropped_and_counted(data: bytes) -> None:
     (event,) = peer.events()
     assert isinstance(event, RemoteError) and not event.answered
     assert peer.ep.counters.dropped == 1
+
+
+def test_request_without_cseq_gets_400_matching_the_senders_transaction() -> None:
+    peer = Peer()
+    peer.send(sipp_invite().replace(b"CSeq: 1 INVITE\r\n", b""))
+    ((data, _addr),) = peer.ep.datagrams_to_send(peer.now)
+    text = data.decode()
+    assert text.startswith("SIP/2.0 400 ")
+    assert "CSeq: 0 INVITE\r\n" in text
+    assert "branch=z9hG4bK-4242-1-0" in text
+    assert peer.ep.counters.errors_answered == 1 and peer.ep.counters.dropped == 0
 
 
 def test_malformed_ack_is_never_answered() -> None:
