@@ -967,6 +967,39 @@ def _check_port(port: int) -> None:
 # --------------------------------------------------------------------------- answerer
 
 
+def _negotiated_media(
+    index: int,
+    codec: PayloadFormat,
+    ptime: int,
+    our_direction: Direction,
+    peer: SessionDescription,
+    peer_media: MediaDescription,
+    mux: bool,
+    peer_direction: Direction,
+    event: PayloadFormat | None,
+) -> NegotiatedMedia:
+    """What the media layer needs from one negotiated stream (offer or answer side)."""
+    remote = _remote(peer, peer_media)
+    return NegotiatedMedia(
+        stream_index=index,
+        codec=codec.key,
+        payload_type=codec.payload_type,
+        clock_rate=codec.clock_rate,
+        channels=codec.channels,
+        ptime=ptime,
+        direction=our_direction,
+        remote_address=remote[0],
+        remote_port=remote[1],
+        remote_rtcp_port=_rtcp_port(peer_media, remote[1], mux),
+        rtcp_mux=mux,
+        on_hold=not peer_direction.receives or remote[0] is None,
+        telephone_event_payload_type=None if event is None else event.payload_type,
+        telephone_event_clock_rate=None if event is None else event.clock_rate,
+        telephone_events=None if event is None else event.fmtp,
+        fmtp=codec.fmtp,
+    )
+
+
 def negotiate(
     offer: SessionDescription,
     *,
@@ -1103,28 +1136,18 @@ def negotiate(
         timings=offer.timings,  # RFC 3264 section 6: t= of the answer equals the offer's
         media=tuple(answered),
     )
-    remote = _remote(offer, media)
-    return Answer(
-        sdp,
-        NegotiatedMedia(
-            stream_index=index,
-            codec=codec_format.key,
-            payload_type=codec_format.payload_type,
-            clock_rate=codec_format.clock_rate,
-            channels=codec_format.channels,
-            ptime=negotiated_ptime,
-            direction=our_direction,
-            remote_address=remote[0],
-            remote_port=remote[1],
-            remote_rtcp_port=_rtcp_port(media, remote[1], mux),
-            rtcp_mux=mux,
-            on_hold=not offer_direction.receives or remote[0] is None,
-            telephone_event_payload_type=None if event is None else event.payload_type,
-            telephone_event_clock_rate=None if event is None else event.clock_rate,
-            telephone_events=None if event is None else event.fmtp,
-            fmtp=codec_format.fmtp,
-        ),
+    media_result = _negotiated_media(
+        index,
+        codec_format,
+        negotiated_ptime,
+        our_direction,
+        offer,
+        media,
+        mux,
+        offer_direction,
+        event,
     )
+    return Answer(sdp, media_result)
 
 
 def _remote(sdp: SessionDescription, media: MediaDescription) -> tuple[str | None, int | None]:
@@ -1283,22 +1306,6 @@ def process_answer(offer: SessionDescription, answer: SessionDescription) -> Neg
         or DEFAULT_PTIME
     )
     mux = ours.rtcp_mux and theirs.rtcp_mux
-    remote = _remote(answer, theirs)
-    return NegotiatedMedia(
-        stream_index=index,
-        codec=codec.key,
-        payload_type=codec.payload_type,
-        clock_rate=codec.clock_rate,
-        channels=codec.channels,
-        ptime=negotiated_ptime,
-        direction=our_direction,
-        remote_address=remote[0],
-        remote_port=remote[1],
-        remote_rtcp_port=_rtcp_port(theirs, remote[1], mux),
-        rtcp_mux=mux,
-        on_hold=not answer_direction.receives or remote[0] is None,
-        telephone_event_payload_type=None if event is None else event.payload_type,
-        telephone_event_clock_rate=None if event is None else event.clock_rate,
-        telephone_events=None if event is None else event.fmtp,
-        fmtp=codec.fmtp,
+    return _negotiated_media(
+        index, codec, negotiated_ptime, our_direction, answer, theirs, mux, answer_direction, event
     )
