@@ -199,8 +199,8 @@ class Call:
             verbs = await self.app.verbs_for_call(self.attributes)
         except AppError as exc:
             self.log.error("app.error", error=str(exc))
+            self.end("app-error")  # first: reject() reports the end synchronously
             self.signalling.reject(self, 500, "Application Error")
-            self.end("app-error")
             return
         self.signalling.answer(self, sdp_answer)
         self.answered_at = self.clock.now()

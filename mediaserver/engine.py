@@ -37,6 +37,7 @@ from dsp.conceal import LossConcealer
 from dsp.dtmf import DtmfDetector
 from dsp.dtmf import KeyDown as InbandKeyDown
 from dsp.resample import Resampler, to_int16
+from mediaserver.logs import get_logger
 from rtp.jitter import FrameStatus, JitterBuffer
 from rtp.packet import RtpError, RtpPacket, build_packet, is_rtcp, parse_header
 from rtp.telephone_event import KeyDown as RtpKeyDown
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 TICK_MS = 20
+log = get_logger("engine")
 _SILENCE_BYTE = {"PCMU": b"\xff", "PCMA": b"\xd5"}
 
 
@@ -526,6 +528,7 @@ class ClockStats:
     overruns: int = 0  # ticks that started late by more than one tick period
     max_tick_ms: float = 0.0
     total_tick_ms: float = 0.0
+    errors: int = 0  # ticks that raised (logged; the clock keeps going)
 
 
 class EngineClock:
@@ -588,7 +591,12 @@ class EngineClock:
         if late > self.period:
             self.stats.overruns += 1
         t0 = time.perf_counter()
-        self.engine.tick(self._k * TICK_MS / 1000)
+        try:
+            self.engine.tick(self._k * TICK_MS / 1000)
+        except Exception:  # a bug must not stop the media clock for every call
+            self.stats.errors += 1
+            if self.stats.errors == 1 or self.stats.errors % 500 == 0:
+                log.exception("engine.tick_failed", errors=self.stats.errors)
         ms = (time.perf_counter() - t0) * 1000
         self.stats.ticks += 1
         self.stats.total_tick_ms += ms

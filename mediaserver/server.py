@@ -240,12 +240,12 @@ class SipServer(asyncio.DatagramProtocol):
             call = self.calls.pop(event.call, None)
             if call is not None:
                 call.end("cancel")
-                self._count("cancelled")
+                self._count(call.end_reason or "cancel")
         elif isinstance(event, CallEnded):
             call = self.calls.pop(event.call, None)
             if call is not None:
                 call.end("hangup" if event.by == "remote" else call.end_reason or event.reason)
-                self._count("completed")
+                self._count(call.end_reason or "hangup")
         elif isinstance(event, CallAcked):
             pass
         elif isinstance(event, RemoteError):
@@ -319,10 +319,8 @@ class SipServer(asyncio.DatagramProtocol):
             port = await call.open_media()
         except (PortsExhausted, RuntimeError) as exc:
             call.log.warning("call.refused", status=503, why=str(exc))
+            call.end("rejected-503")  # first: reject() reports the end synchronously
             self.reject(call, 503, "No Media Ports")
-            self.calls.pop(call.handle, None)
-            call.end("no-ports")
-            self._count("rejected-503")
             return
         answer = self._negotiate(offer, port, None)
         call.answer_sdp = answer.sdp

@@ -165,3 +165,17 @@ def test_a_call_without_rtp_is_hung_up_after_the_rtp_timeout(tmp_path: Path) -> 
         end = srv.wait_for("call.end", timeout=15)[0]
     assert end["reason"] == "rtp-timeout"
     assert 1.5 <= end["duration"] < 6
+
+
+def test_unreachable_call_hook_rejects_the_call_with_500(tmp_path: Path) -> None:
+    dead_hook = f"http://127.0.0.1:{free_udp_port()}/call"  # nothing listens there (TCP)
+    with Server(tmp_path, dead_hook) as srv:
+        c = Client(srv)
+        sdp = SDP.format(port=free_udp_port(), pts="0", maps="a=rtpmap:0 PCMU/8000\r\n")
+        assert status(c.request("INVITE", body=sdp)) == 500
+        c.close()
+        error = srv.wait_for("app.error")[0]
+        assert "call hook failed" in error["error"]
+        srv.wait_for("call.end")
+        assert srv.stop() == 0
+    assert srv.events("serve.stopped")[0]["calls"] == {"app-error": 1}

@@ -271,3 +271,23 @@ async def test_clock_ticks_on_schedule_in_media_time() -> None:
     assert 20 <= clock.stats.ticks <= 45
     assert engine.ticks == clock.stats.ticks
     assert clock.media_time() == pytest.approx(clock.stats.ticks * 0.02)
+
+
+async def test_clock_keeps_ticking_when_a_tick_fails() -> None:
+    engine = MediaEngine(1)
+    leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0)
+
+    class Broken:
+        sample_rate = 8000
+
+        def on_audio(self, read: np.ndarray, write: np.ndarray) -> None:
+            raise RuntimeError("listener bug")
+
+    leg.listeners.append(Broken())
+    engine.add_leg(leg)
+    clock = EngineClock(engine, speed=4.0)
+    clock.start()
+    await asyncio.sleep(0.15)
+    clock.stop()
+    assert clock.stats.ticks >= 10
+    assert clock.stats.errors == clock.stats.ticks
