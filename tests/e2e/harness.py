@@ -24,7 +24,8 @@ SIPP_SHARE = Path("/usr/share/sip-tester")
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -50,9 +51,12 @@ def free_port_range(count: int) -> tuple[int, int]:
 
 
 class Server:
-    def __init__(self, tmp: Path, app: Any, *extra: str, max_calls: int = 100) -> None:
+    def __init__(
+        self, tmp: Path, app: Any, *extra: str, max_calls: int = 100, host: str = "127.0.0.1"
+    ) -> None:
         self.tmp = tmp
-        self.sip_port = free_udp_port()
+        self.host = host
+        self.sip_port = free_udp_port(host)
         self.rtp_low, self.rtp_high = free_port_range(64)
         self.dump_dir = tmp / "dumps"
         self.log_path = tmp / "serve.log"
@@ -71,7 +75,7 @@ class Server:
             "DEBUG",
             "serve",
             "--sip",
-            f"127.0.0.1:{self.sip_port}",
+            f"[{host}]:{self.sip_port}" if ":" in host else f"{host}:{self.sip_port}",
             "--rtp-ports",
             f"{self.rtp_low}-{self.rtp_high}",
             "--app",
@@ -155,13 +159,14 @@ def run_sipp(
     link = cwd / "pcap"
     if not link.exists():
         link.symlink_to(SIPP_SHARE)
+    host = server.host
     cmd = [
         SIPP,
-        f"127.0.0.1:{server.sip_port}",
+        f"[{host}]:{server.sip_port}" if ":" in host else f"{host}:{server.sip_port}",
         "-i",
-        "127.0.0.1",
+        host,
         "-p",
-        str(free_udp_port()),
+        str(free_udp_port(host)),
         "-mp",
         str(free_port_range(4)[0]),
         "-nostdin",

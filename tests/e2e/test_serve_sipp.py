@@ -139,3 +139,13 @@ def test_reinvite_hold_then_codec_change(tmp_path: Path) -> None:
     changes = [(e["codec"], e["on_hold"]) for e in server.events("call.reinvite")]
     assert changes == [("PCMU/8000", True), ("PCMA/8000", False)]
     assert server.events("call.end")[0]["reason"] == "hangup"
+
+
+def test_ipv6_loopback_call(tmp_path: Path) -> None:
+    with Server(tmp_path, [{"verb": "pause", "length": 30}], host="::1") as server:
+        res = run_sipp(tmp_path, server, "-sn", "uac", "-m", "1", "-d", "500")
+        assert res.returncode == 0, res.stdout[-2000:]
+        answered = server.wait_for("call.answered")[0]
+        server.wait_for("call.end")
+    assert answered["remote"][0] == "::1"
+    assert answered["codec"] == "PCMU/8000"
