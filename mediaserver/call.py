@@ -148,7 +148,7 @@ class Call:
             inband_dtmf=self.inband_dtmf,
             jitter_target=self.jitter_target,
         )
-        leg.on_dtmf = self._on_dtmf
+        leg.dtmf_handlers.append(self._on_dtmf)
         return leg
 
     @staticmethod
@@ -169,9 +169,11 @@ class Call:
         self.media = media
         if media.codec != old.codec or media.payload_type != old.payload_type:
             self.engine.remove_leg(self.leg)
-            listeners = self.leg.listeners
+            old_leg = self.leg
             self.leg = self._new_leg(media)
-            self.leg.listeners = listeners  # forks and dumps follow the call, at their rate
+            # forks and dumps follow the call at their own rate; so do key subscribers
+            self.leg.listeners = old_leg.listeners
+            self.leg.dtmf_handlers = old_leg.dtmf_handlers
             self.rtp.leg = self.leg
             self.engine.add_leg(self.leg)
         remote = self._remote(media)

@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, Protocol
 
 import numpy as np
@@ -37,6 +38,7 @@ from dsp.conceal import LossConcealer
 from dsp.dtmf import DtmfDetector
 from dsp.dtmf import KeyDown as InbandKeyDown
 from dsp.resample import Resampler, to_int16
+from dsp.silence import SilenceDetector, SilenceExpiry
 from mediaserver.logs import get_logger
 from rtp.jitter import FrameStatus, JitterBuffer
 from rtp.packet import RtpError, RtpPacket, build_packet, is_rtcp, parse_header
@@ -144,8 +146,9 @@ class Leg:
     telephone-event packets to the RFC 4733 receiver. Send side: whatever is
     queued on ``playback`` (else silence) is encoded and handed to ``send``
     every ``ptime_ms``; ``send`` is None while the leg must not send (hold,
-    recvonly). Key presses, from RFC 4733 or detected in-band, go to
-    ``on_dtmf``.
+    recvonly). Key presses, from RFC 4733 or detected in-band, go to every
+    handler in ``dtmf_handlers``; silence timers set with
+    ``MediaEngine.watch_silence`` report to ``silence_handler``.
     """
 
     def __init__(
@@ -173,7 +176,8 @@ class Leg:
         self.frame_samples = info.samples_per_frame(TICK_MS)
         self.send = send
         self.inband_dtmf = inband_dtmf
-        self.on_dtmf: Callable[[Leg, DtmfKey], None] | None = None
+        self.dtmf_handlers: list[Callable[[Leg, DtmfKey], None]] = []
+        self.silence_handler: Callable[[Leg, SilenceExpiry], None] | None = None
         self.listeners: list[LegListener] = []
         self.playback = Playback()
         self.stats = LegStats()
@@ -353,6 +357,8 @@ class MediaEngine:
         self._concealers: dict[int, LossConcealer] = {}
         self._dtmf: dict[int, DtmfDetector] = {}
         self._resamplers: dict[tuple[int, int, str], Resampler] = {}
+        self._silence: dict[int, SilenceDetector] = {}
+        self._watched: set[int] = set()  # slots with a silence watch
         self.ticks = 0
 
     # -- legs ---------------------------------------------------------------------
@@ -375,6 +381,7 @@ class MediaEngine:
     def remove_leg(self, leg: Leg) -> None:
         if self._legs.get(leg.slot) is not leg:
             return
+        self.unwatch_silence(leg)
         del self._legs[leg.slot]
         group = self._groups[leg.codec.info.key]
         group.legs.remove(leg)
@@ -388,8 +395,44 @@ class MediaEngine:
             concealer.reset(slot)
         for detector in self._dtmf.values():
             detector.reset(slot)
+        for silence in self._silence.values():
+            silence.reset(slot)
         for resampler in self._resamplers.values():
             resampler.reset(slot)
+
+    def watch_silence(
+        self,
+        leg: Leg,
+        on_expiry: Callable[[Leg, SilenceExpiry], None],
+        *,
+        threshold: float = 200.0,
+        initial_timeout_ms: int = 0,
+        final_timeout_ms: int = 0,
+    ) -> None:
+        """Run FreeSWITCH-style silence timers on what ``leg``'s far end says.
+
+        ``on_expiry`` is called once, from a tick, when a timer expires; see
+        ``dsp.silence``. Watching again restarts the timers.
+        """
+        if leg.slot < 0:
+            raise ValueError("watch_silence: the leg is not in this engine")
+        detector = self._silence.get(leg.sample_rate)
+        if detector is None:
+            detector = self._silence[leg.sample_rate] = SilenceDetector(
+                self.capacity, leg.sample_rate
+            )
+        detector.configure(
+            leg.slot,
+            threshold=threshold,
+            initial_timeout_ms=initial_timeout_ms,
+            final_timeout_ms=final_timeout_ms,
+        )
+        leg.silence_handler = on_expiry
+        self._watched.add(leg.slot)
+
+    def unwatch_silence(self, leg: Leg) -> None:
+        self._watched.discard(leg.slot)
+        leg.silence_handler = None
 
     def _concealer(self, frame: int) -> LossConcealer:
         c = self._concealers.get(frame)
@@ -423,9 +466,9 @@ class MediaEngine:
                 leg._key_events(leg.events.handle_timer(now))
             if leg._pending_keys:
                 keys, leg._pending_keys = leg._pending_keys, []
-                if leg.on_dtmf is not None:
-                    for key in keys:
-                        leg.on_dtmf(leg, key)
+                for key in keys:
+                    for handler in list(leg.dtmf_handlers):
+                        handler(leg, key)
         for cb in callbacks:
             cb()
 
@@ -482,6 +525,20 @@ class MediaEngine:
                     leg._pending_keys.append(
                         DtmfKey(ev.digit, "inband", ended=True, duration=ev.duration_8k)
                     )
+
+        # 2b. silence timers, one detector call for the watched legs of this rate
+        if self._watched:
+            watched = np.fromiter(
+                (leg.slot in self._watched for leg in legs), dtype=np.bool_, count=n
+            )
+            if watched.any():
+                rows = np.flatnonzero(watched)
+                decisions = self._silence[rate].process(read[rows], slots[rows])
+                for row in np.flatnonzero(decisions.expiry).tolist():
+                    leg = legs[int(rows[row])]
+                    if leg.silence_handler is not None:
+                        expiry = SilenceExpiry(int(decisions.expiry[row]))
+                        callbacks.append(partial(leg.silence_handler, leg, expiry))
 
         # 3. what each far end hears: playback or silence, encoded as a batch
         write = np.empty((n, frame), dtype=np.int16)

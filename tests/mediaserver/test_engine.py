@@ -118,7 +118,7 @@ def test_rfc4733_key_press_reported_once_and_inband_then_ignored() -> None:
     engine = MediaEngine(2)
     keys: list[DtmfKey] = []
     leg = Leg(call_sid="c", codec="PCMU/8000", payload_type=0, telephone_event_pt=101)
-    leg.on_dtmf = lambda _leg, key: keys.append(key)
+    leg.dtmf_handlers.append(lambda _leg, key: keys.append(key))
     engine.add_leg(leg)
     # the caller sends "5" as RFC 4733 *and* as an in-band tone (some phones do both)
     audio = np.zeros(16000, np.int16)
@@ -145,7 +145,7 @@ def test_inband_dtmf_detected_on_a_plain_audio_leg() -> None:
     engine = MediaEngine(2)
     keys: list[DtmfKey] = []
     leg = Leg(call_sid="c", codec="PCMA/8000", payload_type=8)
-    leg.on_dtmf = lambda _leg, key: keys.append(key)
+    leg.dtmf_handlers.append(lambda _leg, key: keys.append(key))
     engine.add_leg(leg)
     audio = np.zeros(16000, np.int16)
     for i, d in enumerate("19#"):
@@ -291,3 +291,39 @@ async def test_clock_keeps_ticking_when_a_tick_fails() -> None:
     clock.stop()
     assert clock.stats.ticks >= 10
     assert clock.stats.errors == clock.stats.ticks
+
+
+def test_silence_watch_fires_once_per_leg_after_speech_stops() -> None:
+    from dsp.silence import SilenceExpiry
+
+    engine = MediaEngine(4)
+    fired: list[tuple[str, SilenceExpiry, int]] = []
+    legs = [Leg(call_sid=s, codec="PCMU/8000", payload_type=0) for s in "ab"]
+    for leg in legs:
+        engine.add_leg(leg)
+    tick = {"t": 0}
+    for leg in legs:
+        engine.watch_silence(
+            leg,
+            lambda lg, e: fired.append((lg.call_sid, e, tick["t"])),
+            initial_timeout_ms=2000,
+            final_timeout_ms=400,
+        )
+    talk = tone(300.0, 0.5, -10.0)
+    quiet = np.zeros(8000 * 2, np.int16)
+    feeds = {
+        legs[0]: rtp_stream("PCMU/8000", 0, np.concatenate([talk, quiet])),
+        legs[1]: rtp_stream("PCMU/8000", 0, quiet),
+    }
+    for t in range(120):
+        tick["t"] = t
+        for leg, pkts in feeds.items():
+            if t < len(pkts):
+                leg.receive_datagram(pkts[t], t * TICK)
+        engine.tick(t * TICK)
+    by_leg = {sid: (e, t) for sid, e, t in fired}
+    assert len(fired) == 2
+    assert by_leg["a"][0] is SilenceExpiry.SILENCE
+    assert 2 + 25 + 20 - 2 <= by_leg["a"][1] <= 2 + 25 + 20 + 2  # 400 ms after the talk ends
+    assert by_leg["b"][0] is SilenceExpiry.NO_INPUT
+    assert 98 <= by_leg["b"][1] <= 100  # 2 s of nothing but silence
