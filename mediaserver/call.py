@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from mediaserver.app import AppError, Application, Verb
+from mediaserver.app import AppError, Application, Verb, parse_verbs, snake_case
 from mediaserver.dump import CallDump
 from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
+from mediaserver.hooks import safe_url, send_hook
+from mediaserver.listen import ListenResult, ListenRun
+from mediaserver.listen_options import Hook, ListenError, parse_hook, parse_listen
 from mediaserver.logs import call_logger
 from mediaserver.rtp_socket import PortPool, RtpSocket
 from rtp.sdp import NegotiatedMedia, SessionDescription
@@ -94,6 +98,8 @@ class Call:
         inband_dtmf: bool = True,
         jitter_target: float = 0.04,
         dump_dir: Path | None = None,
+        listen_buffer: float = 3.0,
+        verify_tls: bool = True,
     ) -> None:
         self.handle = handle
         self.call_sid = str(uuid.uuid4())
@@ -113,6 +119,9 @@ class Call:
         self.inband_dtmf = inband_dtmf
         self.jitter_target = jitter_target
         self.dump_dir = dump_dir
+        self.listen_buffer = listen_buffer
+        self.verify_tls = verify_tls
+        self.verbs: deque[Verb] = deque()
         self.dump: CallDump | None = None
         self.log = call_logger(self.call_sid, call_id=request.call_id)
         self.leg: Leg | None = None
@@ -215,7 +224,9 @@ class Call:
             rtp_port=self.rtp.port if self.rtp else None,
             verbs=[v.name for v in verbs],
         )
-        for verb in verbs:
+        self.verbs = deque(verbs)
+        while self.verbs:
+            verb = self.verbs.popleft()
             if self.end_reason is not None:
                 return
             if not await self._run_verb(verb):
@@ -234,8 +245,62 @@ class Call:
             self.signalling.hangup(self)
             self.end("hangup-verb")
             return False
+        if verb.name in ("listen", "stream"):
+            await self._listen(verb)
+            return self.end_reason is None
         self.log.error("verb.unknown", verb=verb.name, index=verb.index)  # parse_verbs forbids
         return True
+
+    @property
+    def app_url(self) -> str | None:
+        return self.app.source if self.app.is_url else None
+
+    async def _listen(self, verb: Verb) -> None:
+        try:
+            options = parse_listen(verb.data, self.app_url)
+        except ListenError as exc:
+            # A bad verb never leaves the call hanging: say which field, tell the
+            # actionHook if there is a usable one, and go on with the next verb.
+            self.log.error("verb.invalid", verb=verb.name, index=verb.index, error=str(exc))
+            try:
+                hook = parse_hook(verb.data.get("actionHook"), self.app_url)
+            except ListenError:
+                hook = None
+            if hook is not None:
+                result = ListenResult("error", error=f"{verb.name}: {exc}")
+                await self._action_hook(hook, result.hook_fields(), replace_verbs=True)
+            return
+        assert self.leg is not None
+        run = ListenRun(
+            options=options,
+            leg=self.leg,
+            engine=self.engine,
+            clock=self.clock,
+            attributes=self.attributes,
+            log=self.log,
+            buffer_seconds=self.listen_buffer,
+            verify_tls=self.verify_tls,
+        )
+        result = await run.run()
+        if options.action_hook is not None:
+            await self._action_hook(
+                options.action_hook, result.hook_fields(), replace_verbs=self.end_reason is None
+            )
+
+    async def _action_hook(
+        self, hook: Hook, fields: dict[str, Any], *, replace_verbs: bool
+    ) -> None:
+        payload = snake_case(self.attributes)
+        payload.update(fields)
+        result = await send_hook(hook, payload, log=self.log)
+        if not replace_verbs or not result.ok or result.body is None:
+            return
+        try:
+            verbs = parse_verbs(result.body, f"actionHook {safe_url(hook.url)}")
+        except AppError as exc:
+            self.log.error("app.error", error=str(exc))
+            return
+        self.verbs = deque(verbs)  # the hook's verbs replace what was left, as in jambonz
 
     def end(self, reason: str) -> None:
         """Release everything once; ``reason`` is why the call ended."""

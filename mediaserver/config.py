@@ -45,6 +45,9 @@ class ServerConfig:
     app_timeout: float = 5.0  # seconds to wait for an app URL
     account_sid: str = ""
     application_sid: str = ""
+    # [listen]
+    listen_buffer: float = 3.0  # seconds of audio a fork buffers for a slow receiver
+    tls_verify: bool = True  # verify wss:// certificates (false: lab self-signed certs)
     # [log]
     log_level: str = "INFO"
     # [debug]
@@ -72,6 +75,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "account_sid": "account_sid",
         "application_sid": "application_sid",
     },
+    "listen": {"buffer_seconds": "listen_buffer", "tls_verify": "tls_verify"},
     "log": {"level": "log_level"},
     "debug": {"dump_dir": "dump_dir"},
 }
@@ -165,6 +169,8 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError(f"[calls] max_calls: must be >= 1, got {cfg.max_calls}")
     if cfg.app_timeout <= 0:
         raise ConfigError(f"[calls] app_timeout: must be > 0, got {cfg.app_timeout}")
+    if not 0.1 <= cfg.listen_buffer <= 60:
+        raise ConfigError(f"[listen] buffer_seconds: must be 0.1..60, got {cfg.listen_buffer}")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[log] level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
     return cfg

@@ -96,9 +96,7 @@ class WebSocketFork(asyncio.Protocol):
             uri = parse_uri(url)
         except InvalidURI as exc:
             raise ForkConnectError(f"bad url: {exc}") from None
-        ws = ClientProtocol(
-            uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=_MAX_INCOMING
-        )
+        ws = ClientProtocol(uri, subprotocols=[Subprotocol(SUBPROTOCOL)], max_size=_MAX_INCOMING)
         fork = cls(ws, max_buffer_bytes=max_buffer_bytes)
         loop = asyncio.get_running_loop()
         fork._handshake = loop.create_future()

@@ -309,6 +309,8 @@ class SipServer(asyncio.DatagramProtocol):
             inband_dtmf=self.config.inband_dtmf,
             jitter_target=self.config.jitter_target,
             dump_dir=Path(self.config.dump_dir) if self.config.dump_dir else None,
+            listen_buffer=self.config.listen_buffer,
+            verify_tls=self.config.tls_verify,
         )
         self.calls[handle] = call
         assert self._loop is not None

@@ -1,0 +1,422 @@
+"""The ``listen`` verb: fork a call's audio to a WebSocket, as jambonz does.
+
+Owns one run of the verb on one leg: the optional beep to the caller, the
+connection (``mediaserver.fork``), the first JSON text frame (sampleRate,
+mixType, the call attributes, then ``metadata`` merged last), one binary
+L16 little-endian frame per 20 ms tick in the chosen mix, the ways the verb
+ends (maxLength, silence timeout, finishOnKey, hangup, far-end close,
+``disconnect``, connect failure), ``passDtmf`` text frames, and the
+bidirectional messages (playAudio with a queue of 10, playDone, killAudio,
+streaming playback with marks, clearMarks). Bad messages get an error text
+frame and a log line; they never end the call. The socket is always closed
+with 1000 when the verb ends.
+
+The result (reason, duration, digits, frames sent/dropped) goes to the
+actionHook; ``mediaserver.call`` sends it and runs whatever verbs it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import wave
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dsp.mix import MixType, mix
+from dsp.resample import Resampler, to_int16
+from dsp.silence import SilenceExpiry
+from dsp.tones import beep
+from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
+from mediaserver.fork import ForkConnectError, WebSocketFork
+from mediaserver.hooks import safe_url
+from mediaserver.listen_options import BIDIRECTIONAL_RATES, ListenOptions
+
+__all__ = ["ListenResult", "ListenRun", "decode_play_audio"]
+
+MAX_QUEUED_PLAYS = 10
+MAX_MARKS = 30
+
+
+@dataclass
+class ListenResult:
+    reason: str  # maxLength, timeout, finishOnKey, hangup, disconnect, ws-closed, connect-failed
+    duration: float = 0.0  # seconds of forked audio (media time)
+    digits: str | None = None
+    frames_sent: int = 0
+    frames_dropped: int = 0
+    error: str | None = None
+
+    def hook_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "reason": self.reason,
+            "duration": round(self.duration, 3),
+            "dial_call_duration": int(self.duration),
+            "frames_sent": self.frames_sent,
+            "frames_dropped": self.frames_dropped,
+        }
+        if self.digits is not None:
+            fields["digits"] = self.digits
+        if self.error is not None:
+            fields["error"] = self.error
+        return fields
+
+
+class PlayAudioError(ValueError):
+    """A playAudio message the fork cannot play; the message says why."""
+
+
+def _resample_whole(pcm: NDArray[np.int16], rate: int, out_rate: int) -> NDArray[np.int16]:
+    if rate == out_rate or pcm.size == 0:
+        return pcm
+    rs = Resampler(1, rate, out_rate)
+    tail = int(np.ceil(rs.delay * rate / out_rate)) + rs.period * 2
+    out = rs.process_int16(np.concatenate([pcm, np.zeros(tail, np.int16)])[None, :])[0]
+    start = round(rs.delay)
+    trimmed: NDArray[np.int16] = out[start : start + round(pcm.size * out_rate / rate)]
+    return trimmed
+
+
+def decode_play_audio(data: Any, leg_rate: int) -> NDArray[np.int16]:
+    """The PCM (mono, at ``leg_rate``) of a playAudio ``data`` object."""
+    if not isinstance(data, dict):
+        raise PlayAudioError("playAudio: data must be an object")
+    content = data.get("audioContent")
+    if not isinstance(content, str) or not content:
+        raise PlayAudioError("playAudio: data.audioContent must be a base64 string")
+    try:
+        raw = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError):
+        raise PlayAudioError("playAudio: data.audioContent is not valid base64") from None
+    kind = str(data.get("audioContentType", "raw")).lower()
+    if kind in ("wav", "wave"):
+        try:
+            with wave.open(io.BytesIO(raw)) as w:
+                if w.getsampwidth() != 2:
+                    raise PlayAudioError("playAudio: wav must be 16-bit PCM")
+                rate, channels = w.getframerate(), w.getnchannels()
+                frames = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        except (wave.Error, EOFError) as exc:
+            raise PlayAudioError(f"playAudio: not a readable wav file ({exc})") from None
+        if channels > 1:
+            frames = frames[: frames.size // channels * channels].reshape(-1, channels)
+            frames = frames.astype(np.int32).mean(axis=1).astype(np.int16)
+        if rate not in BIDIRECTIONAL_RATES:
+            raise PlayAudioError(f"playAudio: wav sample rate {rate} is not supported")
+    elif kind == "raw":
+        try:
+            rate = int(data.get("sampleRate", 8000))
+        except (TypeError, ValueError):
+            rate = -1
+        if rate not in BIDIRECTIONAL_RATES:
+            allowed = ", ".join(str(r) for r in BIDIRECTIONAL_RATES)
+            got = data.get("sampleRate")
+            raise PlayAudioError(
+                f"playAudio: data.sampleRate must be one of {allowed}, got {got!r}"
+            )
+        frames = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2")
+    else:
+        raise PlayAudioError(
+            f"playAudio: data.audioContentType must be raw, wav or wave, got {kind!r}"
+        )
+    return _resample_whole(frames.astype(np.int16), rate, leg_rate)
+
+
+@dataclass
+class _Mark:
+    name: str
+    cleared: bool = False
+
+
+@dataclass
+class _ForkSink:
+    """The engine listener: one tick of read/write audio -> one binary frame."""
+
+    sample_rate: int
+    mix_type: MixType
+    fork: WebSocketFork
+    ticks: int = 0
+    active: bool = True
+
+    def on_audio(self, read: NDArray[np.int16], write: NDArray[np.int16]) -> None:
+        if not self.active:
+            return
+        self.ticks += 1
+        frame = mix(self.mix_type, read[None, :], write[None, :])[0]
+        self.fork.send_audio(frame.astype("<i2", copy=False).tobytes())
+
+
+@dataclass
+class ListenRun:
+    """One run of ``listen`` on ``leg``; ``await run()`` returns the result."""
+
+    options: ListenOptions
+    leg: Leg
+    engine: MediaEngine
+    clock: EngineClock
+    attributes: dict[str, Any]
+    log: Any
+    buffer_seconds: float = 3.0
+    verify_tls: bool = True
+    _done: asyncio.Future[ListenResult] | None = None
+    _fork: WebSocketFork | None = None
+    _sink: _ForkSink | None = None
+    _plays: list[int] = field(default_factory=list)  # ids of our queued playback items
+    _marks: list[_Mark] = field(default_factory=list)
+    _stream_rs: Resampler | None = None
+    _stream_carry: bytes = b""
+    _started_at: float = 0.0
+    _next_play: int = 0
+
+    async def run(self) -> ListenResult:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        opts = self.options
+        try:
+            if opts.play_beep:  # to the caller, before the fork starts: not in the fork
+                played: asyncio.Future[None] = loop.create_future()
+
+                def beeped() -> None:
+                    if not played.done():
+                        played.set_result(None)
+
+                self.leg.playback.enqueue(beep(self.leg.sample_rate), on_done=beeped)
+                await played
+            channels = 2 if opts.mix_type == "stereo" else 1
+            try:
+                self._fork = await WebSocketFork.connect(
+                    opts.url,
+                    username=opts.ws_username,
+                    password=opts.ws_password,
+                    max_buffer_bytes=int(self.buffer_seconds * opts.sample_rate * 2 * channels),
+                    verify_tls=self.verify_tls,
+                )
+            except ForkConnectError as exc:
+                self.log.warning("listen.connect_failed", url=safe_url(opts.url), error=str(exc))
+                return ListenResult("connect-failed", error=str(exc))
+            fork = self._fork
+            fork.on_text = self._on_text
+            fork.on_binary = self._on_binary
+            fork.on_closed = lambda code, reason: self._finish("ws-closed")
+            first = {"sampleRate": opts.sample_rate, "mixType": opts.mix_type}
+            first.update(self.attributes)
+            first.update(opts.metadata)
+            fork.send_text(json.dumps(first))
+            self.log.info(
+                "listen.start",
+                url=safe_url(opts.url),
+                subprotocol=fork.subprotocol,
+                mix_type=opts.mix_type,
+                sample_rate=opts.sample_rate,
+            )
+            self._started_at = self.clock.now()
+            self._sink = _ForkSink(opts.sample_rate, MixType(opts.mix_type), fork)
+            self.leg.listeners.append(self._sink)
+            self.leg.dtmf_handlers.append(self._on_dtmf)
+            if opts.timeout:
+                ms = int(opts.timeout * 1000)
+                self.engine.watch_silence(
+                    self.leg, self._on_silence, initial_timeout_ms=ms, final_timeout_ms=ms
+                )
+            if opts.max_length:
+                max_timer = loop.create_task(self._max_length(opts.max_length))
+            else:
+                max_timer = None
+            try:
+                return await self._done
+            finally:
+                if max_timer is not None:
+                    max_timer.cancel()
+        except asyncio.CancelledError:
+            self._finish("hangup")
+            assert self._done.done()
+            return self._done.result()
+        finally:
+            await self._cleanup()
+
+    # -- ending ------------------------------------------------------------------------
+
+    def _finish(self, reason: str, digits: str | None = None) -> None:
+        if self._done is None or self._done.done():
+            return
+        sink, fork = self._sink, self._fork
+        ticks = sink.ticks if sink is not None else 0
+        self._done.set_result(
+            ListenResult(
+                reason,
+                duration=ticks * 0.02,
+                digits=digits,
+                frames_sent=fork.frames_sent if fork else 0,
+                frames_dropped=fork.frames_dropped if fork else 0,
+            )
+        )
+
+    async def _max_length(self, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        self._finish("maxLength")
+
+    def _on_silence(self, _leg: Leg, expiry: SilenceExpiry) -> None:
+        self._finish("timeout")
+
+    def _on_dtmf(self, _leg: Leg, key: DtmfKey) -> None:
+        if not key.ended:
+            if key.digit in self.options.finish_on_key:
+                self._finish("finishOnKey", digits=key.digit)
+            return
+        if self.options.pass_dtmf and self._fork is not None:
+            self._fork.send_text(
+                json.dumps({"event": "dtmf", "dtmf": key.digit, "duration": str(key.duration)})
+            )
+
+    async def _cleanup(self) -> None:
+        if self._sink is not None:
+            self._sink.active = False
+            if self._sink in self.leg.listeners:
+                self.leg.listeners.remove(self._sink)
+        if self._on_dtmf in self.leg.dtmf_handlers:
+            self.leg.dtmf_handlers.remove(self._on_dtmf)
+        if self.options.timeout:
+            self.engine.unwatch_silence(self.leg)
+        if self._fork is not None:
+            await self._fork.close(1000)
+        result = self._done.result() if self._done and self._done.done() else None
+        self.log.info(
+            "listen.end",
+            reason=result.reason if result else "error",
+            duration=result.duration if result else 0,
+            frames_sent=self._fork.frames_sent if self._fork else 0,
+            frames_dropped=self._fork.frames_dropped if self._fork else 0,
+        )
+
+    # -- what the far end sends --------------------------------------------------------
+
+    def _error(self, message: str) -> None:
+        self.log.warning("listen.bad_message", error=message)
+        if self._fork is not None:
+            self._fork.send_text(json.dumps({"type": "error", "error": message}))
+
+    def _on_text(self, text: str) -> None:
+        try:
+            msg = json.loads(text)
+        except json.JSONDecodeError:
+            self._error("message is not JSON")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self._error('message must be an object with a "type"')
+            return
+        kind = msg["type"]
+        if kind == "disconnect":
+            self._finish("disconnect")
+        elif kind == "killAudio":
+            self._kill_audio()
+        elif kind == "playAudio":
+            self._play_audio(msg.get("data"))
+        elif kind == "mark":
+            self._mark(msg.get("data"))
+        elif kind == "clearMarks":
+            for mark in self._marks:
+                mark.cleared = True
+            self._marks.clear()
+        else:
+            known = "playAudio, killAudio, disconnect, mark, clearMarks"
+            self._error(f"unknown type {kind!r}; expected {known}")
+
+    def _bidirectional_refused(self) -> bool:
+        if self.options.disable_bidirectional or not self.options.bidirectional:
+            self._error("bidirectional audio is disabled for this listen")
+            return True
+        return False
+
+    def _play_audio(self, data: Any) -> None:
+        if self._bidirectional_refused():
+            return
+        try:
+            pcm = decode_play_audio(data, self.leg.sample_rate)
+        except PlayAudioError as exc:
+            self._error(str(exc))
+            return
+        assert isinstance(data, dict)
+        queue = bool(data.get("queuePlay", False))
+        if queue and len(self._plays) >= MAX_QUEUED_PLAYS:
+            self._error(f"playAudio: {MAX_QUEUED_PLAYS} plays already queued")
+            return
+        if not queue and self._plays:
+            self._kill_audio(send_cleared=True)
+        play_id = self._next_play
+        self._next_play += 1
+        self._plays.append(play_id)
+        seconds = pcm.size / self.leg.sample_rate
+
+        def done() -> None:
+            if play_id in self._plays:
+                self._plays.remove(play_id)
+            payload: dict[str, Any] = {
+                "playbackSeconds": round(seconds, 3),
+                "playbackMilliseconds": round(seconds * 1000),
+            }
+            if "id" in data:
+                payload["id"] = data["id"]
+            if self._fork is not None:
+                self._fork.send_text(json.dumps({"type": "playDone", "data": payload}))
+
+        self.leg.playback.enqueue(pcm, on_done=done)
+
+    def _kill_audio(self, send_cleared: bool = True) -> None:
+        self.leg.playback.clear()
+        self._plays.clear()
+        self._stream_carry = b""
+        if send_cleared and self._fork is not None:
+            for mark in self._marks:
+                if not mark.cleared:
+                    mark.cleared = True
+                    self._fork.send_text(
+                        json.dumps(
+                            {"type": "mark", "data": {"name": mark.name, "event": "cleared"}}
+                        )
+                    )
+        self._marks.clear()
+
+    def _mark(self, data: Any) -> None:
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            self._error("mark: data.name must be a string")
+            return
+        if len(self._marks) >= MAX_MARKS:
+            self._error(f"mark: at most {MAX_MARKS} marks may be pending")
+            return
+        mark = _Mark(data["name"])
+        self._marks.append(mark)
+
+        def reached() -> None:
+            if mark.cleared or self._fork is None:
+                return
+            if mark in self._marks:
+                self._marks.remove(mark)
+            self._fork.send_text(
+                json.dumps({"type": "mark", "data": {"name": mark.name, "event": "playout"}})
+            )
+
+        self.leg.playback.enqueue(np.zeros(0, np.int16), on_done=reached)
+
+    def _on_binary(self, data: bytes) -> None:
+        opts = self.options
+        if not opts.bidirectional_streaming:
+            self._error("binary audio needs bidirectionalAudio.streaming: true")
+            return
+        if self._bidirectional_refused():
+            return
+        data = self._stream_carry + data
+        cut = len(data) // 2 * 2
+        self._stream_carry = data[cut:]  # an odd byte waits for the next frame
+        pcm = np.frombuffer(data[:cut], "<i2").astype(np.int16)
+        rate = opts.bidirectional_rate
+        if rate != self.leg.sample_rate:
+            if self._stream_rs is None:
+                self._stream_rs = Resampler(1, rate, self.leg.sample_rate)
+            pcm = to_int16(self._stream_rs.process(pcm[None, :])[0])
+        self.leg.playback.enqueue(pcm)
