@@ -88,6 +88,19 @@ _GROUP_MARGIN = 2.0  # strongest tone vs runner-up of its group (power ratio, 3 
 # blocks and hops (calibrated on generated tones; see tests/dsp/test_dtmf.py).
 _START_BLOCKS, _START_HOPS = 0.35, -0.5
 _END_BLOCKS, _END_HOPS = 0.65, 0.5
+# Columns of the per-slot key state: the key held and the digit of the current
+# run (-1 none), the run's length in blocks and first block start, the held
+# key's start and last block start, and blocks since the held key was last seen.
+_KEY, _CAND, _RUN, _RUN_START, _KEY_START, _KEY_LAST, _MISS = range(7)
+_IDLE_STATE = np.array([-1, -1, 0, 0, 0, 0, 0], dtype=np.int64)
+# Per digit: columns of the re/im bin layout holding its low tone's re, im,
+# then its high tone's re, im (bins are the 8 re parts, then the 8 im parts).
+_BIN_COLUMNS = np.array(
+    [(d // 4, d // 4 + 8, d % 4 + 4, d % 4 + 12) for d in range(16)], dtype=np.intp
+)
+# Events found in one block: kind, block, legs, digit, start, end (samples).
+_UP, _DOWN = 0, 1
+_Found = tuple[int, int, NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.int64]]
 _DIGIT_MILLIWATT_DBFS = -3.17  # 0 dBm0 relative to a full-scale sine
 _FULL_SCALE_POWER = 32767.0**2 / 2.0
 
@@ -187,19 +200,15 @@ class DtmfDetector:
         self._start_offset = round(_START_BLOCKS * n + _START_HOPS * self.hop)
         self._end_offset = round(_END_BLOCKS * n + _END_HOPS * self.hop)
 
-        # Per-slot state.
+        # Per-slot state. The key machine's integers live in one array, one
+        # column each (_KEY, _CAND, ...), so a batch gathers and scatters them
+        # with one index operation instead of one per field.
         self._carry = np.zeros((capacity, n), dtype=np.float32)  # last n samples seen
         self._next = np.full(capacity, n, dtype=np.int64)  # next block start, carry coords
         self._seen = np.zeros(capacity, dtype=np.int64)  # samples since reset
-        self._prev = np.zeros((capacity, 8), dtype=np.complex64)  # last block's bins
-        self._cand = np.full(capacity, -1, dtype=np.int64)  # digit of the current run
-        self._run = np.zeros(capacity, dtype=np.int64)  # blocks in the run
-        self._run_start = np.zeros(capacity, dtype=np.int64)  # first block start of run
+        self._prev = np.zeros((capacity, 16), dtype=np.float32)  # last block's bins, re/im
+        self._state = np.tile(_IDLE_STATE, (capacity, 1))
         self._acc = np.zeros((capacity, 2), dtype=np.complex64)  # phase advance, low/high
-        self._key = np.full(capacity, -1, dtype=np.int64)  # key held (-1 none)
-        self._key_start = np.zeros(capacity, dtype=np.int64)
-        self._key_last = np.zeros(capacity, dtype=np.int64)  # last block start with key
-        self._miss = np.zeros(capacity, dtype=np.int64)  # blocks without the held key
         self._buffers: dict[str, NDArray[np.float32]] = {}  # per-call work arrays, reused
 
     def _scratch(self, name: str, shape: tuple[int, int]) -> NDArray[np.float32]:
@@ -217,11 +226,8 @@ class DtmfDetector:
         self._next[s] = self.block
         self._seen[s] = 0
         self._prev[s] = 0.0
-        self._cand[s] = -1
-        self._run[s] = 0
+        self._state[s] = _IDLE_STATE
         self._acc[s] = 0.0
-        self._key[s] = -1
-        self._miss[s] = 0
 
     def process(
         self, frames: NDArray[np.int16] | NDArray[np.float32], slots: Slots | None = None
@@ -270,76 +276,66 @@ class DtmfDetector:
         # temporaries every tick cost more than the maths.
         offsets = np.minimum(start[:, None] + hop * np.arange(kmax), count)
         offsets += width * np.arange(legs)[:, None]
-        valid = np.arange(kmax) < blocks_per_leg[:, None]
         flat = combined.reshape(-1)
         windows = np.lib.stride_tricks.as_strided(
             flat, shape=(flat.size - n + 1, n), strides=(flat.strides[0],) * 2, writeable=False
         )
         blocks = windows[offsets.reshape(-1)]
-        y2 = self._scratch("bins", (legs * kmax, 16))
+        # Re/im of the 8 bins of every block, then one row per leg holding the
+        # bins of the block before its first one (the last call's last block).
+        nb = legs * kmax
+        bins = self._scratch("bins", (nb + legs, 16))
+        y = bins[:nb]
         # Row chunks small enough that OpenBLAS stays on one thread: on a busy
         # 2-core box its thread hand-off cost 10-50x the product itself.
         step = self._chunk_rows
-        for lo in range(0, legs * kmax, step):
-            np.matmul(blocks[lo : lo + step], self._basis, out=y2[lo : lo + step])
-        y = y2.reshape(legs, kmax, 16)  # re/im of the 8 bins
-        weighted = self._scratch("weighted", (legs * kmax, n))
+        for lo in range(0, nb, step):
+            np.matmul(blocks[lo : lo + step], self._basis, out=y[lo : lo + step])
+        weighted = self._scratch("weighted", (nb, n))
         np.multiply(blocks, self._window_sq, out=weighted)
-        total = np.einsum("ij,ij->i", weighted, blocks).reshape(legs, kmax)  # no BLAS
-        power = (y[..., :8] ** 2 + y[..., 8:] ** 2) * self._tone_scale
-        digit, low, high = self._classify(power, total)
-        digit[~valid] = -2
+        total = np.einsum("ij,ij->i", weighted, blocks)  # no BLAS
+        power = (y[:, :8] ** 2 + y[:, 8:] ** 2) * self._tone_scale
+        digit = self._classify(power, total).reshape(legs, kmax)
+        digit[np.arange(kmax) >= blocks_per_leg[:, None]] = -2  # past the leg's end
 
         # Keep the last valid block's bins for the next call's phase advance.
-        prev = self._prev[sel].copy()
-        has = blocks_per_leg > 0
-        last = y[np.arange(legs), np.maximum(blocks_per_leg - 1, 0)]
-        self._prev[sel] = np.where(has[:, None], last[:, :8] + 1j * last[:, 8:], prev)
+        bins[nb:] = self._prev[sel]
+        last = y[np.arange(legs) * kmax + np.maximum(blocks_per_leg - 1, 0)]
+        self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, bins[nb:])
 
-        active = (
-            (digit >= 0).any(axis=1) | (self._cand[sel] >= 0) | (self._key[sel] >= 0)
-        ).nonzero()[0]
+        state = self._state[sel]
+        active = ((digit >= 0).any(axis=1) | (state[:, :2].max(axis=1) >= 0)).nonzero()[0]
         if active.size == 0:
             return []
         slot_of_active = active if slots is None else np.asarray(sel)[active]
+        first_start = seen[active] - n + start[active]
+        return self._track(slot_of_active, active, digit[active], bins, nb, first_start)
 
-        # Phase advance of each block's low/high bin against the previous block.
-        a_y = y[active]
-        a_bins = (a_y[..., :8] + 1j * a_y[..., 8:]).astype(np.complex64)
-        before = np.concatenate((prev[active][:, None, :], a_bins[:, :-1, :]), axis=1)
-        advance = a_bins * before.conj()
-        a_low, a_high = low[active], high[active]
-        adv_low = np.take_along_axis(advance, a_low[..., None], axis=2)[..., 0]
-        adv_high = np.take_along_axis(advance, (a_high + 4)[..., None], axis=2)[..., 0]
-        block_start = (seen[active] - n + start[active])[:, None] + hop * np.arange(kmax)
-        return self._track(slot_of_active, digit[active], adv_low, adv_high, block_start)
+    def _classify(self, power: NDArray[np.float32], total: NDArray[np.float32]) -> NDArray[np.intp]:
+        """Digit shown by each block (``-1`` none), from ``[blocks, 8]`` tone powers.
 
-    def _classify(
-        self, power: NDArray[np.float32], total: NDArray[np.float32]
-    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
-        """Digit shown by each block (-1 none) and its low/high group tone indices.
-
-        ``power`` is ``[..., 8]`` tone powers, ``total`` the blocks' mean power.
-        The cheap tests (level, share of the energy) run on every block; the
-        rest only on the few blocks that pass them.
+        ``total`` is the blocks' mean power. The cheap tests (level, share of
+        the energy) run on every block; the rest only on the blocks that pass
+        them, gathered by flat index (one row each).
         """
-        p = [power[..., i] for i in range(8)]
-        p_low = np.maximum(np.maximum(p[0], p[1]), np.maximum(p[2], p[3]))
-        p_high = np.maximum(np.maximum(p[4], p[5]), np.maximum(p[6], p[7]))
-        digit = np.full(total.shape, -1, dtype=np.int64)
-        low = np.zeros(total.shape, dtype=np.int64)
-        high = np.zeros(total.shape, dtype=np.int64)
-        maybe = (
+        p_low = np.maximum(
+            np.maximum(power[:, 0], power[:, 1]), np.maximum(power[:, 2], power[:, 3])
+        )
+        p_high = np.maximum(
+            np.maximum(power[:, 4], power[:, 5]), np.maximum(power[:, 6], power[:, 7])
+        )
+        digit = np.full(total.shape, -1, dtype=np.intp)
+        maybe = np.flatnonzero(
             (p_low + p_high >= total * self._min_ratio)
             & (p_low >= self._min_power)
             & (p_high >= self._min_power)
-        ).nonzero()
-        if maybe[0].size == 0:
-            return digit, low, high
+        )
+        if maybe.size == 0:
+            return digit
         group = power[maybe]
         c_low, c_high = p_low[maybe], p_high[maybe]
-        low[maybe] = lo = group[:, :4].argmax(axis=1)
-        high[maybe] = hi = group[:, 4:].argmax(axis=1)
+        lo = group[:, :4].argmax(axis=1)
+        hi = group[:, 4:].argmax(axis=1)
         # Clear of the runner-up: the other three of the group are weaker by the margin.
         ok = (
             ((group[:, :4] * _GROUP_MARGIN <= c_low[:, None]).sum(axis=1) == 3)
@@ -348,67 +344,125 @@ class DtmfDetector:
             & (c_high <= c_low * self._reverse_twist)
         )
         digit[maybe] = np.where(ok, lo * 4 + hi, -1)
-        return digit, low, high
+        return digit
+
+    def _advances(
+        self,
+        rows: NDArray[np.intp],
+        digit: NDArray[np.intp],
+        same: NDArray[np.bool_],
+        bins: NDArray[np.float32],
+        nb: int,
+    ) -> NDArray[np.complex64]:
+        """Phase advance ``[legs, blocks, 2]`` of the digit's low/high bin since the block before.
+
+        Only for blocks that continue a run (``same``; zero elsewhere): ``rows``
+        are the legs' rows in the batch; ``bins`` holds the batch's ``nb`` blocks
+        then, per batch row, the bins of the block before its first one.
+        """
+        active, kmax = digit.shape
+        at = np.flatnonzero(same)
+        leg, k = np.divmod(at, kmax)
+        row = rows[leg]
+        here = row * kmax + k
+        before = np.where(k == 0, nb + row, here - 1)
+        cols = _BIN_COLUMNS[digit.reshape(-1)[at]]  # re/im of the low bin, then the high bin
+        flat = bins.reshape(-1)
+        now = flat[here[:, None] * 16 + cols].view(np.complex64)
+        then = flat[before[:, None] * 16 + cols].view(np.complex64)
+        advance = np.zeros((active * kmax, 2), dtype=np.complex64)
+        advance[at] = now * then.conj()
+        return advance.reshape(active, kmax, 2)
 
     def _track(
         self,
         slots: NDArray[np.intp],
-        digit: NDArray[np.int64],
-        adv_low: NDArray[np.complex64],
-        adv_high: NDArray[np.complex64],
-        block_start: NDArray[np.int64],
+        rows: NDArray[np.intp],
+        digit: NDArray[np.intp],
+        bins: NDArray[np.float32],
+        nb: int,
+        first_start: NDArray[np.int64],
     ) -> list[DtmfEvent]:
-        """Run the key state machine over the blocks, in time order, for ``slots``."""
-        cand, run, run_start = self._cand[slots], self._run[slots], self._run_start[slots]
+        """Run the key state machine over the blocks, in time order, for ``slots``.
+
+        ``digit`` is ``[legs, blocks]`` (-1 no digit, -2 past the leg's end);
+        the per-block step is a handful of array operations over the legs, and
+        the event bookkeeping runs only in blocks where a key goes down or up.
+        """
+        state = self._state[slots]
         acc = self._acc[slots]
-        key, key_start = self._key[slots], self._key_start[slots]
-        key_last, miss = self._key_last[slots], self._miss[slots]
-        events: list[tuple[int, int, DtmfEvent]] = []
+        key, cand, run, run_start = (
+            state[:, _KEY],
+            state[:, _CAND],
+            state[:, _RUN],
+            state[:, _RUN_START],
+        )
+        key_start, key_last, miss = state[:, _KEY_START], state[:, _KEY_LAST], state[:, _MISS]
+        valid = digit > -2
+        present = digit >= 0
+        before = np.concatenate((cand[:, None], digit[:, :-1]), axis=1)
+        same = present & (digit == before)
+        fresh = present ^ same
+        advance = self._advances(rows, digit, same, bins, nb)
+        found: list[_Found] = []
 
         for k in range(digit.shape[1]):
-            d = digit[:, k]
-            valid = d > -2
-            bs = block_start[:, k]
-            present = valid & (d >= 0)
-            same = present & (d == cand)
-            fresh = present & ~same
-            run = np.where(same, run + 1, np.where(valid, present.astype(np.int64), run))
-            acc[same, 0] += adv_low[same, k]
-            acc[same, 1] += adv_high[same, k]
-            acc[fresh] = 0.0
-            run_start = np.where(fresh, bs, run_start)
-            cand = np.where(valid, np.where(present, d, -1), cand)
-
-            held = valid & (key >= 0)
+            d, v = digit[:, k], valid[:, k]
+            bs = first_start + self.hop * k
+            run = np.where(same[:, k], run + 1, np.where(v, present[:, k], run))
+            acc = np.where(fresh[:, k, None], 0, acc + advance[:, k])
+            run_start = np.where(fresh[:, k], bs, run_start)
+            held = v & (key >= 0)
             hit = held & (d == key)
             key_last = np.where(hit, bs, key_last)
-            miss = np.where(hit, 0, np.where(held, miss + 1, miss))
+            miss = np.where(hit, 0, miss + held)
 
-            fire = valid & (run == _KEY_DOWN_BLOCKS) & (cand != key)
+            fire = v & (run == _KEY_DOWN_BLOCKS) & (d != key)
             if fire.any():
-                fire[fire] = self._in_tune(cand[fire], acc[fire])
+                fire[fire] = self._in_tune(d[fire], acc[fire])
             release = held & ((miss >= _KEY_UP_BLOCKS) | fire)
-            for i in release.nonzero()[0]:
-                begin = int(key_start[i])
-                end = int(key_last[i]) + self._end_offset
-                up = KeyUp(int(slots[i]), DTMF_KEYS[key[i]], begin, end - begin, self.rate)
-                events.append((int(slots[i]), k, up))
-            key = np.where(release, -1, key)
-            for i in fire.nonzero()[0]:
-                begin = max(0, int(run_start[i]) + self._start_offset)
-                down = KeyDown(int(slots[i]), DTMF_KEYS[cand[i]], begin, self.rate)
-                events.append((int(slots[i]), k, down))
-            key = np.where(fire, cand, key)
-            key_start = np.where(fire, np.maximum(run_start + self._start_offset, 0), key_start)
-            key_last = np.where(fire, bs, key_last)
-            miss = np.where(fire, 0, miss)
+            if release.any():
+                i = release.nonzero()[0]
+                found.append((_UP, k, i, key[i], key_start[i], key_last[i] + self._end_offset))
+                key = np.where(release, -1, key)
+            if fire.any():
+                i = fire.nonzero()[0]
+                begin = np.maximum(run_start[i] + self._start_offset, 0)
+                found.append((_DOWN, k, i, d[i], begin, begin))
+                key = np.where(fire, d, key)
+                key_start = np.where(fire, np.maximum(run_start + self._start_offset, 0), key_start)
+                key_last = np.where(fire, bs, key_last)
+                miss = np.where(fire, 0, miss)
 
-        self._cand[slots], self._run[slots], self._run_start[slots] = cand, run, run_start
+        last = np.maximum(valid.sum(axis=1) - 1, 0)
+        cand = np.where(valid[:, 0], digit[np.arange(digit.shape[0]), last], cand)
+        self._state[slots] = np.stack(
+            (key, cand, run, run_start, key_start, key_last, miss), axis=1
+        )
         self._acc[slots] = acc
-        self._key[slots], self._key_start[slots] = key, key_start
-        self._key_last[slots], self._miss[slots] = key_last, miss
-        events.sort(key=lambda e: (e[0], e[1]))
-        return [e[2] for e in events]
+        return self._events(slots, found) if found else []
+
+    def _events(self, slots: NDArray[np.intp], found: list[_Found]) -> list[DtmfEvent]:
+        """Event objects, per slot in time order (a release before a press in the same block)."""
+        kind = np.concatenate([np.full(f[2].size, f[0]) for f in found])
+        block = np.concatenate([np.full(f[2].size, f[1]) for f in found])
+        slot = slots[np.concatenate([f[2] for f in found])]
+        order = np.lexsort((kind, block, slot))
+        columns = zip(
+            kind[order].tolist(),
+            slot[order].tolist(),
+            np.concatenate([f[3] for f in found])[order].tolist(),
+            np.concatenate([f[4] for f in found])[order].tolist(),
+            np.concatenate([f[5] for f in found])[order].tolist(),
+            strict=True,
+        )
+        rate = self.rate
+        return [
+            KeyUp(s, DTMF_KEYS[d], begin, end - begin, rate)
+            if up == _UP
+            else KeyDown(s, DTMF_KEYS[d], begin, rate)
+            for up, s, d, begin, end in columns
+        ]
 
     def _in_tune(self, cand: NDArray[np.int64], acc: NDArray[np.complex64]) -> NDArray[np.bool_]:
         """Whether both tones of each run are within ``freq_tolerance`` of nominal."""
