@@ -783,7 +783,7 @@ class Receiver:
         subprotocol: str | None = "audio.jambonz.org",
         stall: bool = False,
         close_after: float | None = None,
-        send_on_open: Sequence[dict[str, Any]] | None = None,
+        send_on_open: Sequence[dict[str, Any] | str | bytes] | None = None,
         keep_audio: bool = True,
         keep_finished: bool = True,
         on_call_end: Callable[[ReceivedCall], None] | None = None,
