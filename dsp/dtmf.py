@@ -56,6 +56,7 @@ candidate digit or a key down.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,11 +94,31 @@ _END_BLOCKS, _END_HOPS = 0.65, 0.5
 # key's start and last block start, and blocks since the held key was last seen.
 _KEY, _CAND, _RUN, _RUN_START, _KEY_START, _KEY_LAST, _MISS = range(7)
 _IDLE_STATE = np.array([-1, -1, 0, 0, 0, 0, 0], dtype=np.int64)
-# Per digit: columns of the re/im bin layout holding its low tone's re, im,
-# then its high tone's re, im (bins are the 8 re parts, then the 8 im parts).
-_BIN_COLUMNS = np.array(
-    [(d // 4, d // 4 + 8, d % 4 + 4, d % 4 + 12) for d in range(16)], dtype=np.intp
-)
+# Per digit: the bins (0..7) of its low and high tone.
+_DIGIT_TONES = np.array([(d // 4, d % 4 + 4) for d in range(16)], dtype=np.intp)
+_PACK = np.uint64(0x0102040810204080)  # gathers one bit of each byte into the top byte
+
+
+def _pattern(flags: NDArray[np.bool_]) -> NDArray[np.uint64]:
+    """``[rows, 8]`` booleans (C-contiguous) -> one number 0..255 per row, all distinct."""
+    word: NDArray[np.uint64] = flags.view(np.uint64)[:, 0]
+    return (word * _PACK) >> np.uint64(56)
+
+
+def _pattern_digits() -> NDArray[np.intp]:
+    """Digit of each pattern of "clear of the group's strongest" flags, -1 if none.
+
+    A digit has exactly one tone of each group not clear: its own.
+    """
+    flags = np.array(list(itertools.product((False, True), repeat=8)), dtype=np.bool_)
+    table = np.full(256, -1, dtype=np.intp)
+    for row, code in zip(flags, _pattern(flags).tolist(), strict=True):
+        if row[:4].sum() == 3 and row[4:].sum() == 3:
+            table[code] = int(np.argmin(row[:4])) * 4 + int(np.argmin(row[4:]))
+    return table
+
+
+_DIGIT_OF_PATTERN = _pattern_digits()
 # Events found in one block: kind, block, legs, digit, start, end (samples).
 _UP, _DOWN = 0, 1
 _Found = tuple[int, int, NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.int64]]
@@ -181,9 +202,12 @@ class DtmfDetector:
         m = np.arange(n)
         window = 0.5 - 0.5 * np.cos(2.0 * np.pi * (m + 1) / (n + 1))  # Hann, no zero ends
         angle = 2.0 * np.pi * np.outer(m, freqs) / rate
-        self._basis = np.concatenate(
-            (window[:, None] * np.cos(angle), -window[:, None] * np.sin(angle)), axis=1
-        ).astype(np.float32)
+        # Columns re, im of tone 0, re, im of tone 1, ...: the product's rows
+        # read as complex64 [8] without a copy.
+        basis = np.empty((n, 8, 2))
+        basis[..., 0] = window[:, None] * np.cos(angle)
+        basis[..., 1] = -window[:, None] * np.sin(angle)
+        self._basis = basis.reshape(n, 16).astype(np.float32)
         # |X|^2 * tone_scale = power of a sine (A^2/2); energy * total_scale = mean power.
         self._tone_scale = np.float32(2.0 / window.sum() ** 2)
         self._window_sq = (window**2 / (window**2).sum()).astype(np.float32)
@@ -206,7 +230,7 @@ class DtmfDetector:
         self._carry = np.zeros((capacity, n), dtype=np.float32)  # last n samples seen
         self._next = np.full(capacity, n, dtype=np.int64)  # next block start, carry coords
         self._seen = np.zeros(capacity, dtype=np.int64)  # samples since reset
-        self._prev = np.zeros((capacity, 16), dtype=np.float32)  # last block's bins, re/im
+        self._prev = np.zeros((capacity, 8), dtype=np.complex64)  # last block's bins
         self._state = np.tile(_IDLE_STATE, (capacity, 1))
         self._acc = np.zeros((capacity, 2), dtype=np.complex64)  # phase advance, low/high
         self._buffers: dict[str, NDArray[np.float32]] = {}  # per-call work arrays, reused
@@ -281,8 +305,9 @@ class DtmfDetector:
             flat, shape=(flat.size - n + 1, n), strides=(flat.strides[0],) * 2, writeable=False
         )
         blocks = windows[offsets.reshape(-1)]
-        # Re/im of the 8 bins of every block, then one row per leg holding the
-        # bins of the block before its first one (the last call's last block).
+        # The 8 bins of every block (re, im interleaved), then one row per leg
+        # holding the bins of the block before its first one (the last call's
+        # last block).
         nb = legs * kmax
         bins = self._scratch("bins", (nb + legs, 16))
         y = bins[:nb]
@@ -294,14 +319,19 @@ class DtmfDetector:
         weighted = self._scratch("weighted", (nb, n))
         np.multiply(blocks, self._window_sq, out=weighted)
         total = np.einsum("ij,ij->i", weighted, blocks)  # no BLAS
-        power = (y[:, :8] ** 2 + y[:, 8:] ** 2) * self._tone_scale
+        squares = self._scratch("squares", (nb, 16))
+        np.multiply(y, y, out=squares)
+        power = self._scratch("power", (nb, 8))
+        np.add(squares[:, 0::2], squares[:, 1::2], out=power)
+        power *= self._tone_scale
         digit = self._classify(power, total).reshape(legs, kmax)
         digit[np.arange(kmax) >= blocks_per_leg[:, None]] = -2  # past the leg's end
 
         # Keep the last valid block's bins for the next call's phase advance.
-        bins[nb:] = self._prev[sel]
-        last = y[np.arange(legs) * kmax + np.maximum(blocks_per_leg - 1, 0)]
-        self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, bins[nb:])
+        complex_bins = bins.view(np.complex64)
+        complex_bins[nb:] = self._prev[sel]
+        last = complex_bins[np.arange(legs) * kmax + np.maximum(blocks_per_leg - 1, 0)]
+        self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, complex_bins[nb:])
 
         state = self._state[sel]
         active = ((digit >= 0).any(axis=1) | (state[:, :2].max(axis=1) >= 0)).nonzero()[0]
@@ -309,14 +339,15 @@ class DtmfDetector:
             return []
         slot_of_active = active if slots is None else np.asarray(sel)[active]
         first_start = seen[active] - n + start[active]
-        return self._track(slot_of_active, active, digit[active], bins, nb, first_start)
+        return self._track(slot_of_active, active, digit[active], complex_bins, nb, first_start)
 
     def _classify(self, power: NDArray[np.float32], total: NDArray[np.float32]) -> NDArray[np.intp]:
         """Digit shown by each block (``-1`` none), from ``[blocks, 8]`` tone powers.
 
         ``total`` is the blocks' mean power. The cheap tests (level, share of
         the energy) run on every block; the rest only on the blocks that pass
-        them, gathered by flat index (one row each).
+        them, gathered by row. No reductions along the 4-tone axis: numpy
+        runs those row by row, which cost more than everything else here.
         """
         p_low = np.maximum(
             np.maximum(power[:, 0], power[:, 1]), np.maximum(power[:, 2], power[:, 3])
@@ -332,18 +363,16 @@ class DtmfDetector:
         )
         if maybe.size == 0:
             return digit
-        group = power[maybe]
-        c_low, c_high = p_low[maybe], p_high[maybe]
-        lo = group[:, :4].argmax(axis=1)
-        hi = group[:, 4:].argmax(axis=1)
-        # Clear of the runner-up: the other three of the group are weaker by the margin.
-        ok = (
-            ((group[:, :4] * _GROUP_MARGIN <= c_low[:, None]).sum(axis=1) == 3)
-            & ((group[:, 4:] * _GROUP_MARGIN <= c_high[:, None]).sum(axis=1) == 3)
-            & (c_low <= c_high * self._normal_twist)
-            & (c_high <= c_low * self._reverse_twist)
-        )
-        digit[maybe] = np.where(ok, lo * 4 + hi, -1)
+        group = np.take(power, maybe, axis=0)
+        c_low, c_high = np.take(p_low, maybe), np.take(p_high, maybe)
+        # Which tones are clear of their group's strongest by the margin; a
+        # digit has all but one tone of each group clear (its own two tones).
+        # The 8 flags of a block, one byte each, read as one uint64 and packed
+        # into a pattern number that a table maps to the digit (or -1).
+        strongest = np.repeat(np.stack((c_low, c_high), axis=1), 4, axis=1)
+        clear = group * _GROUP_MARGIN <= strongest
+        twist_ok = (c_low <= c_high * self._normal_twist) & (c_high <= c_low * self._reverse_twist)
+        digit[maybe] = np.where(twist_ok, _DIGIT_OF_PATTERN[_pattern(clear)], -1)
         return digit
 
     def _advances(
@@ -351,7 +380,7 @@ class DtmfDetector:
         rows: NDArray[np.intp],
         digit: NDArray[np.intp],
         same: NDArray[np.bool_],
-        bins: NDArray[np.float32],
+        bins: NDArray[np.complex64],
         nb: int,
     ) -> NDArray[np.complex64]:
         """Phase advance ``[legs, blocks, 2]`` of the digit's low/high bin since the block before.
@@ -366,10 +395,10 @@ class DtmfDetector:
         row = rows[leg]
         here = row * kmax + k
         before = np.where(k == 0, nb + row, here - 1)
-        cols = _BIN_COLUMNS[digit.reshape(-1)[at]]  # re/im of the low bin, then the high bin
+        tones = _DIGIT_TONES[digit.reshape(-1)[at]]  # the digit's low and high tone
         flat = bins.reshape(-1)
-        now = flat[here[:, None] * 16 + cols].view(np.complex64)
-        then = flat[before[:, None] * 16 + cols].view(np.complex64)
+        now = flat[here[:, None] * 8 + tones]
+        then = flat[before[:, None] * 8 + tones]
         advance = np.zeros((active * kmax, 2), dtype=np.complex64)
         advance[at] = now * then.conj()
         return advance.reshape(active, kmax, 2)
@@ -379,7 +408,7 @@ class DtmfDetector:
         slots: NDArray[np.intp],
         rows: NDArray[np.intp],
         digit: NDArray[np.intp],
-        bins: NDArray[np.float32],
+        bins: NDArray[np.complex64],
         nb: int,
         first_start: NDArray[np.int64],
     ) -> list[DtmfEvent]:
