@@ -123,6 +123,7 @@ _WS_LOG = logging.getLogger("mediaserver.receiver.websockets")
 _WS_LOG.setLevel(logging.INFO)
 
 _STALL_RCVBUF = 16 * 1024  # a stalled connection's kernel receive buffer (bytes)
+_PENDING_EVENTS = 200  # events kept in memory before the metadata names the call
 
 
 def _now_iso() -> str:
@@ -383,7 +384,8 @@ class _Fork:
         record = {"time": _now_iso(), "t": round(time.monotonic() - self.t0, 3), "kind": kind}
         record.update(fields)
         if self.events_file is None:
-            self.pending_events.append(record)
+            if len(self.pending_events) < _PENDING_EVENTS:  # bounded before the call has files
+                self.pending_events.append(record)
         else:
             self.events_file.write(json.dumps(record, default=str) + "\n")
 
@@ -808,6 +810,7 @@ class Receiver:
         self._stems: set[str] = set()
         self._server: Server | None = None
         self._changed = asyncio.Event()
+        self._waiting = 0  # coroutines in _wait: only then is a change worth signalling
         self._stopping = False
         self._play_message: dict[str, Any] | None = None
 
@@ -971,8 +974,9 @@ class Receiver:
             self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiting:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     # -- the API tests use ----------------------------------------------------------------
 
@@ -1011,16 +1015,20 @@ class Receiver:
     async def _wait(self, ready: Callable[[], Any], timeout: float, what: Callable[[], str]) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            result = ready()
-            if result:
-                return result
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"after {timeout:g} s: {what()}")
-            changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+        self._waiting += 1
+        try:
+            while True:
+                result = ready()
+                if result:
+                    return result
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(f"after {timeout:g} s: {what()}")
+                changed = self._changed
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
+        finally:
+            self._waiting -= 1
 
     def _state(self) -> str:
         return (
@@ -1160,6 +1168,10 @@ def run_receiver(listen: str, out: str, auth: str | None, play: str | None) -> i
         play_path = Path(play) if play is not None else None
         if play_path is not None:
             load_play_message(play_path)  # fail now, with a message, not per call
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"--out {out}: cannot create: {exc.strerror or exc}") from None
     except ValueError as exc:
         print(f"mediaserver receiver: {exc}", file=sys.stderr)
         return 2
