@@ -37,7 +37,7 @@ from dsp.codecs import Codec, CodecError, Decoder, Encoder, get_codec
 from dsp.conceal import LossConcealer
 from dsp.dtmf import DtmfDetector
 from dsp.dtmf import KeyDown as InbandKeyDown
-from dsp.resample import Resampler, to_int16
+from dsp.resample import SUPPORTED_RATES, Resampler, to_int16
 from dsp.silence import SilenceDetector, SilenceExpiry
 from mediaserver.logs import get_logger
 from rtp.jitter import FrameStatus, JitterBuffer
@@ -399,6 +399,18 @@ class MediaEngine:
             silence.reset(slot)
         for resampler in self._resamplers.values():
             resampler.reset(slot)
+
+    @staticmethod
+    def warm_up() -> None:
+        """Do the one-off work a first call would otherwise pay inside a tick.
+
+        Importing scipy.signal and designing every resampling filter takes
+        over a second: done lazily, it stalled the clock on the first fork.
+        """
+        for a in SUPPORTED_RATES:
+            for b in SUPPORTED_RATES:
+                if a != b:
+                    Resampler(1, a, b)
 
     def watch_silence(
         self,

@@ -164,7 +164,10 @@ class ListenRun:
     log: Any
     buffer_seconds: float = 3.0
     verify_tls: bool = True
-    _done: asyncio.Future[ListenResult] | None = None
+    # The result lives here, not in a future: cancelling the task (hangup) cancels
+    # whatever it awaits, and the result must survive that.
+    _result: ListenResult | None = None
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
     _fork: WebSocketFork | None = None
     _sink: _ForkSink | None = None
     _plays: list[int] = field(default_factory=list)  # ids of our queued playback items
@@ -176,7 +179,6 @@ class ListenRun:
 
     async def run(self) -> ListenResult:
         loop = asyncio.get_running_loop()
-        self._done = loop.create_future()
         opts = self.options
         try:
             if opts.play_beep:  # to the caller, before the fork starts: not in the fork
@@ -199,7 +201,8 @@ class ListenRun:
                 )
             except ForkConnectError as exc:
                 self.log.warning("listen.connect_failed", url=safe_url(opts.url), error=str(exc))
-                return ListenResult("connect-failed", error=str(exc))
+                self._result = ListenResult("connect-failed", error=str(exc))
+                return self._result
             fork = self._fork
             fork.on_text = self._on_text
             fork.on_binary = self._on_binary
@@ -229,33 +232,32 @@ class ListenRun:
             else:
                 max_timer = None
             try:
-                return await self._done
+                await self._ended.wait()
             finally:
                 if max_timer is not None:
                     max_timer.cancel()
         except asyncio.CancelledError:
-            self._finish("hangup")
-            assert self._done.done()
-            return self._done.result()
+            self._finish("hangup")  # the call ended under us: report it, then clean up
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # handled: the caller still posts the actionHook
         finally:
             await self._cleanup()
+        assert self._result is not None
+        return self._result
 
     # -- ending ------------------------------------------------------------------------
 
     def _finish(self, reason: str, digits: str | None = None) -> None:
-        if self._done is None or self._done.done():
+        if self._result is not None:
             return
-        sink, fork = self._sink, self._fork
-        ticks = sink.ticks if sink is not None else 0
-        self._done.set_result(
-            ListenResult(
-                reason,
-                duration=ticks * 0.02,
-                digits=digits,
-                frames_sent=fork.frames_sent if fork else 0,
-                frames_dropped=fork.frames_dropped if fork else 0,
-            )
+        sink = self._sink
+        self._result = ListenResult(
+            reason, duration=(sink.ticks if sink is not None else 0) * 0.02, digits=digits
         )
+        if sink is not None:
+            sink.active = False  # not one more frame after the end
+        self._ended.set()
 
     async def _max_length(self, seconds: float) -> None:
         await self.clock.sleep(seconds)
@@ -285,14 +287,18 @@ class ListenRun:
             self.engine.unwatch_silence(self.leg)
         if self._fork is not None:
             await self._fork.close(1000)
-        result = self._done.result() if self._done and self._done.done() else None
-        self.log.info(
-            "listen.end",
-            reason=result.reason if result else "error",
-            duration=result.duration if result else 0,
-            frames_sent=self._fork.frames_sent if self._fork else 0,
-            frames_dropped=self._fork.frames_dropped if self._fork else 0,
-        )
+        result = self._result
+        if result is not None and self._fork is not None:
+            result.frames_sent = self._fork.frames_sent
+            result.frames_dropped = self._fork.frames_dropped
+        if result is not None:
+            self.log.info(
+                "listen.end",
+                reason=result.reason,
+                duration=result.duration,
+                frames_sent=result.frames_sent,
+                frames_dropped=result.frames_dropped,
+            )
 
     # -- what the far end sends --------------------------------------------------------
 

@@ -328,8 +328,13 @@ class SipServer(asyncio.DatagramProtocol):
         call.answer_sdp = answer.sdp
         try:
             await call.run(bytes(answer.sdp))
-        except AppError as exc:  # pragma: no cover - run() maps these itself
-            call.log.error("app.error", error=str(exc))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug in one call must be visible and must not leak the call
+            call.log.exception("call.failed")
+            if call.end_reason is None:
+                self.hangup(call)
+                call.end("error")
         finally:
             if call.end_reason is not None:
                 self.calls.pop(call.handle, None)
@@ -370,6 +375,7 @@ class SipServer(asyncio.DatagramProtocol):
 async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None) -> int:
     """Run ``serve`` until SIGINT/SIGTERM; return the exit status."""
     engine = MediaEngine(capacity=max(2, config.max_calls * 2))
+    engine.warm_up()
     clock = EngineClock(engine)
     try:
         server = SipServer(config, engine, clock)
