@@ -436,11 +436,6 @@ class _Fork:
             self.violation(
                 "unknown-subprotocol", f"offered {call.offered_subprotocols}; accepted without one"
             )
-        if self.receiver.stall:
-            sock = conn.transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _STALL_RCVBUF)
 
     # -- naming the call: files exist from here on ---------------------------------
 
@@ -697,10 +692,10 @@ class _Fork:
     def on_closed(self, exc: ConnectionClosed) -> None:
         call = self.call
         if exc.rcvd is not None:
-            call.close_code, call.close_reason = exc.rcvd.code, exc.rcvd.reason
+            call.close_code, call.close_reason = int(exc.rcvd.code), exc.rcvd.reason
             call.closed_by = "receiver" if exc.rcvd_then_sent is False else "sender"
         elif exc.sent is not None:
-            call.close_code, call.close_reason = exc.sent.code, exc.sent.reason
+            call.close_code, call.close_reason = int(exc.sent.code), exc.sent.reason
             call.closed_by = "receiver"
         else:
             call.close_code, call.close_reason = 1006, "connection dropped without a close frame"
@@ -709,7 +704,7 @@ class _Fork:
         """Close the files, write the summary; safe to call once whatever happened."""
         call = self.call
         if self.connection.close_code is not None and call.close_code is None:
-            call.close_code = self.connection.close_code
+            call.close_code = int(self.connection.close_code)
             call.close_reason = call.close_reason or self.connection.close_reason or ""
         if not self.named:
             self.violation(
@@ -834,6 +829,10 @@ class Receiver:
             close_timeout=2,
             logger=_WS_LOG,
         )
+        if self.stall:  # accepted sockets inherit it, so the TCP window starts small
+            for sock in self._server.sockets:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _STALL_RCVBUF)
         _log.info(
             "receiver.listening",
             url=self.url,
