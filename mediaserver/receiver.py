@@ -372,7 +372,6 @@ class _Fork:
         self.wav: _WavStream | None = None
         self.carry = b""
         self.counts: Counter[str] = Counter()
-        self.metadata_raw: str | None = None
         self.resume = asyncio.Event()
         self.stalled = False
         self.closing: asyncio.Task[None] | None = None
@@ -459,10 +458,10 @@ class _Fork:
         self.receiver._notify()
 
     def write_json(self, summary: dict[str, Any] | None) -> None:
-        doc: dict[str, Any] = {"metadata": self.call.metadata}
-        if self.metadata_raw is not None:
-            doc["metadataRaw"] = self.metadata_raw
-        doc["summary"] = summary if summary is not None else {"state": "live"}
+        doc = {
+            "metadata": self.call.metadata,  # as received; rejected frames are in the events
+            "summary": summary if summary is not None else {"state": "live"},
+        }
         tmp = self.call.json_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
         tmp.replace(self.call.json_path)
