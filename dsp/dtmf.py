@@ -89,7 +89,7 @@ _GROUP_MARGIN = 2.0  # strongest tone vs runner-up of its group (power ratio, 3 
 # blocks and hops (calibrated on generated tones; see tests/dsp/test_dtmf.py).
 _START_BLOCKS, _START_HOPS = 0.35, -0.5
 _END_BLOCKS, _END_HOPS = 0.65, 0.5
-# Columns of the per-slot key state: the key held and the digit of the current
+# Fields (rows) of the per-slot key state: the key held and the digit of the current
 # run (-1 none), the run's length in blocks and first block start, the held
 # key's start and last block start, and blocks since the held key was last seen.
 _KEY, _CAND, _RUN, _RUN_START, _KEY_START, _KEY_LAST, _MISS = range(7)
@@ -225,13 +225,13 @@ class DtmfDetector:
         self._end_offset = round(_END_BLOCKS * n + _END_HOPS * self.hop)
 
         # Per-slot state. The key machine's integers live in one array, one
-        # column each (_KEY, _CAND, ...), so a batch gathers and scatters them
+        # row per field (_KEY, _CAND, ...), so a batch gathers and scatters them
         # with one index operation instead of one per field.
         self._carry = np.zeros((capacity, n), dtype=np.float32)  # last n samples seen
         self._next = np.full(capacity, n, dtype=np.int64)  # next block start, carry coords
         self._seen = np.zeros(capacity, dtype=np.int64)  # samples since reset
         self._prev = np.zeros((capacity, 8), dtype=np.complex64)  # last block's bins
-        self._state = np.tile(_IDLE_STATE, (capacity, 1))
+        self._state = np.tile(_IDLE_STATE[:, None], (1, capacity))  # [fields, slots]
         self._acc = np.zeros((capacity, 2), dtype=np.complex64)  # phase advance, low/high
         self._buffers: dict[str, NDArray[np.float32]] = {}  # per-call work arrays, reused
 
@@ -250,7 +250,7 @@ class DtmfDetector:
         self._next[s] = self.block
         self._seen[s] = 0
         self._prev[s] = 0.0
-        self._state[s] = _IDLE_STATE
+        self._state[:, s] = _IDLE_STATE[:, None]
         self._acc[s] = 0.0
 
     def process(
@@ -324,8 +324,9 @@ class DtmfDetector:
         power = self._scratch("power", (nb, 8))
         np.add(squares[:, 0::2], squares[:, 1::2], out=power)
         power *= self._tone_scale
-        digit = self._classify(power, total).reshape(legs, kmax)
-        digit[np.arange(kmax) >= blocks_per_leg[:, None]] = -2  # past the leg's end
+        # Digits [blocks, legs]: blocks first, so each block's row is contiguous.
+        digit = np.ascontiguousarray(self._classify(power, total).reshape(legs, kmax).T)
+        digit[np.arange(kmax)[:, None] >= blocks_per_leg] = -2  # past the leg's end
 
         # Keep the last valid block's bins for the next call's phase advance.
         complex_bins = bins.view(np.complex64)
@@ -333,13 +334,18 @@ class DtmfDetector:
         last = complex_bins[np.arange(legs) * kmax + np.maximum(blocks_per_leg - 1, 0)]
         self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, complex_bins[nb:])
 
-        state = self._state[sel]
-        active = ((digit >= 0).any(axis=1) | (state[:, :2].max(axis=1) >= 0)).nonzero()[0]
+        # Legs with a digit in a block, a run going or a key down.
+        busy = np.maximum(self._state[_KEY, sel], self._state[_CAND, sel])
+        for k in range(kmax):
+            np.maximum(busy, digit[k], out=busy)
+        active = (busy >= 0).nonzero()[0]
         if active.size == 0:
             return []
         slot_of_active = active if slots is None else np.asarray(sel)[active]
         first_start = seen[active] - n + start[active]
-        return self._track(slot_of_active, active, digit[active], complex_bins, nb, first_start)
+        return self._track(
+            slot_of_active, active, np.take(digit, active, axis=1), complex_bins, nb, first_start
+        )
 
     def _classify(self, power: NDArray[np.float32], total: NDArray[np.float32]) -> NDArray[np.intp]:
         """Digit shown by each block (``-1`` none), from ``[blocks, 8]`` tone powers.
@@ -379,29 +385,31 @@ class DtmfDetector:
         self,
         rows: NDArray[np.intp],
         digit: NDArray[np.intp],
-        same: NDArray[np.bool_],
+        wanted: NDArray[np.bool_],
         bins: NDArray[np.complex64],
         nb: int,
     ) -> NDArray[np.complex64]:
-        """Phase advance ``[legs, blocks, 2]`` of the digit's low/high bin since the block before.
+        """Phase advance ``[blocks, legs, 2]`` of the digit's low/high bin since the block before.
 
-        Only for blocks that continue a run (``same``; zero elsewhere): ``rows``
-        are the legs' rows in the batch; ``bins`` holds the batch's ``nb`` blocks
-        then, per batch row, the bins of the block before its first one.
+        Only for the ``wanted`` blocks (zero elsewhere); ``digit`` and
+        ``wanted`` are ``[blocks, legs]``, ``rows`` the legs' rows in the
+        batch; ``bins`` holds the batch's ``nb`` blocks (``kmax`` per row, in
+        row order) then, per batch row, the bins of the block before its first.
         """
-        active, kmax = digit.shape
-        at = np.flatnonzero(same)
-        leg, k = np.divmod(at, kmax)
-        row = rows[leg]
-        here = row * kmax + k
-        before = np.where(k == 0, nb + row, here - 1)
-        tones = _DIGIT_TONES[digit.reshape(-1)[at]]  # the digit's low and high tone
-        flat = bins.reshape(-1)
-        now = flat[here[:, None] * 8 + tones]
-        then = flat[before[:, None] * 8 + tones]
-        advance = np.zeros((active * kmax, 2), dtype=np.complex64)
-        advance[at] = now * then.conj()
-        return advance.reshape(active, kmax, 2)
+        kmax, legs = digit.shape
+        advance = np.zeros((kmax * legs, 2), dtype=np.complex64)
+        at = np.flatnonzero(wanted)
+        if at.size:
+            k, leg = np.divmod(at, legs)
+            row = rows[leg]
+            here = row * kmax + k
+            before = np.where(k == 0, nb + row, here - 1)
+            tones = _DIGIT_TONES[digit.reshape(-1)[at]]  # the digit's low and high tone
+            flat = bins.reshape(-1)
+            now = flat[here[:, None] * 8 + tones]
+            then = flat[before[:, None] * 8 + tones]
+            advance[at] = now * then.conj()
+        return advance.reshape(kmax, legs, 2)
 
     def _track(
         self,
@@ -414,61 +422,85 @@ class DtmfDetector:
     ) -> list[DtmfEvent]:
         """Run the key state machine over the blocks, in time order, for ``slots``.
 
-        ``digit`` is ``[legs, blocks]`` (-1 no digit, -2 past the leg's end);
-        the per-block step is a handful of array operations over the legs, and
-        the event bookkeeping runs only in blocks where a key goes down or up.
+        ``digit`` is ``[blocks, legs]`` (-1 no digit, -2 past the leg's end),
+        blocks first so that each block's row is contiguous. What does not
+        depend on the key held (run lengths, which blocks can make a key go
+        down) is worked out for all blocks at once; the per-block step is a few
+        array operations over the legs, and the event bookkeeping runs only in
+        blocks where a key goes down or up.
         """
-        state = self._state[slots]
-        acc = self._acc[slots]
-        key, cand, run, run_start = (
-            state[:, _KEY],
-            state[:, _CAND],
-            state[:, _RUN],
-            state[:, _RUN_START],
-        )
-        key_start, key_last, miss = state[:, _KEY_START], state[:, _KEY_LAST], state[:, _MISS]
+        kmax = digit.shape[0]
+        state = np.take(self._state, slots, axis=1)  # [fields, legs], updated in place
+        key, cand, run, run_start, key_start, key_last, miss = state
         valid = digit > -2
         present = digit >= 0
-        before = np.concatenate((cand[:, None], digit[:, :-1]), axis=1)
-        same = present & (digit == before)
+        same = np.empty_like(present)
+        np.equal(digit[0], cand, out=same[0])
+        np.equal(digit[1:], digit[:-1], out=same[1:])
+        same &= present
         fresh = present ^ same
-        advance = self._advances(rows, digit, same, bins, nb)
+        # The run's length after each block (blocks past a leg's end keep it).
+        keep = same | ~valid
+        runs = np.empty_like(digit)
+        length = run
+        for k in range(kmax):
+            runs[k] = length = np.where(keep[k], length, 0) + present[k]
+        run[:] = length
+        # A key can go down only where a run reaches _KEY_DOWN_BLOCKS, and the
+        # phase advance only matters up to there (a run past it never fires),
+        # so a key held for long costs no phase work at all.
+        reaches = valid & (runs == _KEY_DOWN_BLOCKS)
+        tuning = same & (runs <= _KEY_DOWN_BLOCKS)
+        fire_rows: NDArray[np.bool_] = np.logical_or.reduce(reaches, axis=1)
+        acc_rows: NDArray[np.bool_] = np.logical_or.reduce(tuning | fresh, axis=1)
+        tuned = bool(acc_rows.any())
+        if tuned:
+            acc = np.take(self._acc, slots, axis=0)
+            advance = self._advances(rows, digit, tuning, bins, nb)
+        held = key >= 0
         found: list[_Found] = []
 
-        for k in range(digit.shape[1]):
-            d, v = digit[:, k], valid[:, k]
+        for k in range(kmax):
+            d, v = digit[k], valid[k]
             bs = first_start + self.hop * k
-            run = np.where(same[:, k], run + 1, np.where(v, present[:, k], run))
-            acc = np.where(fresh[:, k, None], 0, acc + advance[:, k])
-            run_start = np.where(fresh[:, k], bs, run_start)
-            held = v & (key >= 0)
-            hit = held & (d == key)
-            key_last = np.where(hit, bs, key_last)
-            miss = np.where(hit, 0, miss + held)
-
-            fire = v & (run == _KEY_DOWN_BLOCKS) & (d != key)
-            if fire.any():
-                fire[fire] = self._in_tune(d[fire], acc[fire])
-            release = held & ((miss >= _KEY_UP_BLOCKS) | fire)
-            if release.any():
-                i = release.nonzero()[0]
+            np.copyto(cand, d, where=v)
+            if acc_rows[k]:
+                np.copyto(run_start, bs, where=fresh[k])
+                acc = np.where(fresh[k, :, None], 0, acc + advance[k])
+            hit = present[k] & (d == key)
+            np.copyto(key_last, bs, where=hit)
+            miss += v & held
+            miss[hit] = 0
+            # With no key held miss stays 0, so ``gone`` needs no ``held``.
+            gone = miss >= _KEY_UP_BLOCKS
+            fire = None
+            if fire_rows[k]:
+                fire = reaches[k] & (d != key)
+                if fire.any():
+                    fire[fire] = self._in_tune(d[fire], acc[fire])
+                    gone |= fire & held
+                else:
+                    fire = None
+            released = bool(gone.any())
+            if released:
+                i = gone.nonzero()[0]
                 found.append((_UP, k, i, key[i], key_start[i], key_last[i] + self._end_offset))
-                key = np.where(release, -1, key)
-            if fire.any():
+                key[i] = -1
+                miss[i] = 0
+            if fire is not None:
                 i = fire.nonzero()[0]
                 begin = np.maximum(run_start[i] + self._start_offset, 0)
                 found.append((_DOWN, k, i, d[i], begin, begin))
-                key = np.where(fire, d, key)
-                key_start = np.where(fire, np.maximum(run_start + self._start_offset, 0), key_start)
-                key_last = np.where(fire, bs, key_last)
-                miss = np.where(fire, 0, miss)
+                key[i] = d[i]
+                key_start[i] = begin
+                key_last[i] = bs[i]
+                miss[i] = 0
+            if released or fire is not None:
+                held = key >= 0
 
-        last = np.maximum(valid.sum(axis=1) - 1, 0)
-        cand = np.where(valid[:, 0], digit[np.arange(digit.shape[0]), last], cand)
-        self._state[slots] = np.stack(
-            (key, cand, run, run_start, key_start, key_last, miss), axis=1
-        )
-        self._acc[slots] = acc
+        self._state[:, slots] = state
+        if tuned:
+            self._acc[slots] = acc
         return self._events(slots, found) if found else []
 
     def _events(self, slots: NDArray[np.intp], found: list[_Found]) -> list[DtmfEvent]:
