@@ -73,6 +73,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(run_server(config))
 
 
+def _run_receiver(args: argparse.Namespace) -> int:
+    from mediaserver.receiver import run_receiver
+
+    return run_receiver(args.listen, args.out, args.auth, args.play)
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     from mediaserver.demo import run_demo
 
@@ -147,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--out", metavar="DIR", default="out/receiver")
     receiver.add_argument("--auth", metavar="USER:PASS", help="require HTTP Basic auth")
     receiver.add_argument("--play", metavar="FILE", help="answer with playAudio of FILE")
-    receiver.set_defaults(func=_not_yet("receiver", "the listen / call harness issue"))
+    receiver.set_defaults(func=_run_receiver)
 
     demo = sub.add_parser(
         "demo",

@@ -359,6 +359,10 @@ class MediaEngine:
         self._resamplers: dict[tuple[int, int, str], Resampler] = {}
         self._silence: dict[int, SilenceDetector] = {}
         self._watched: set[int] = set()  # slots with a silence watch
+        # Called with the media time at the start of every tick, before any leg is
+        # played out: simulated legs push the RTP that is due, in lock-step with the
+        # clock whatever the machine's load (mediaserver call, tests).
+        self.feeders: list[Callable[[float], None]] = []
         self.ticks = 0
 
     # -- legs ---------------------------------------------------------------------
@@ -470,6 +474,8 @@ class MediaEngine:
     def tick(self, now: float) -> None:
         """One 20 ms step for every leg, ``now`` = media time in seconds."""
         self.ticks += 1
+        for feed in list(self.feeders):
+            feed(now)
         callbacks: list[Callable[[], None]] = []
         for group in self._groups.values():
             self._tick_group(group, now, callbacks)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +42,7 @@ __all__ = ["ForkConnectError", "WebSocketFork"]
 SUBPROTOCOL = "audio.jambonz.org"
 CONNECT_TIMEOUT = 10.0
 _TRANSPORT_HIGH_WATER = 64 * 1024
+_KERNEL_SEND_BUFFER = 64 * 1024  # Linux doubles it
 _MAX_INCOMING = 32 * 1024 * 1024  # playAudio carries whole files as base64
 
 
@@ -188,6 +191,13 @@ class WebSocketFork(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=_TRANSPORT_HIGH_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # The kernel's send buffer grows to megabytes (minutes of audio) before
+            # asyncio sees any backpressure; keep it small so a stalled receiver is
+            # noticed within the fork's own bounded buffer, not after minutes.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _KERNEL_SEND_BUFFER)
 
     def pause_writing(self) -> None:
         self._paused = True

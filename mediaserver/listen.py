@@ -23,6 +23,7 @@ import binascii
 import io
 import json
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,8 @@ class _ForkSink:
     sample_rate: int
     mix_type: MixType
     fork: WebSocketFork
+    max_ticks: int | None = None  # maxLength, counted in media ticks: exact at any speed
+    on_max_length: Callable[[], None] | None = None
     ticks: int = 0
     active: bool = True
 
@@ -150,6 +153,8 @@ class _ForkSink:
         self.ticks += 1
         frame = mix(self.mix_type, read[None, :], write[None, :])[0]
         self.fork.send_audio(frame.astype("<i2", copy=False).tobytes())
+        if self.max_ticks is not None and self.ticks >= self.max_ticks and self.on_max_length:
+            self.on_max_length()
 
 
 @dataclass
@@ -220,6 +225,9 @@ class ListenRun:
             )
             self._started_at = self.clock.now()
             self._sink = _ForkSink(opts.sample_rate, MixType(opts.mix_type), fork)
+            if opts.max_length:
+                self._sink.max_ticks = max(1, round(opts.max_length / 0.02))
+                self._sink.on_max_length = lambda: self._finish("maxLength")
             self.leg.listeners.append(self._sink)
             self.leg.dtmf_handlers.append(self._on_dtmf)
             if opts.timeout:
@@ -227,15 +235,7 @@ class ListenRun:
                 self.engine.watch_silence(
                     self.leg, self._on_silence, initial_timeout_ms=ms, final_timeout_ms=ms
                 )
-            if opts.max_length:
-                max_timer = loop.create_task(self._max_length(opts.max_length))
-            else:
-                max_timer = None
-            try:
-                await self._ended.wait()
-            finally:
-                if max_timer is not None:
-                    max_timer.cancel()
+            await self._ended.wait()
         except asyncio.CancelledError:
             self._finish("hangup")  # the call ended under us: report it, then clean up
             task = asyncio.current_task()
@@ -258,10 +258,6 @@ class ListenRun:
         if sink is not None:
             sink.active = False  # not one more frame after the end
         self._ended.set()
-
-    async def _max_length(self, seconds: float) -> None:
-        await self.clock.sleep(seconds)
-        self._finish("maxLength")
 
     def _on_silence(self, _leg: Leg, expiry: SilenceExpiry) -> None:
         self._finish("timeout")

@@ -33,7 +33,7 @@ def test_help_describes_serve_call_and_receiver() -> None:
         assert opt in call
 
 
-@pytest.mark.parametrize("argv", [["call", "app.json"], ["receiver"]])
+@pytest.mark.parametrize("argv", [["call", "app.json"]])
 def test_unavailable_subcommands_exit_69_with_a_message(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
