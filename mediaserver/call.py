@@ -84,32 +84,25 @@ class Call:
     def __init__(
         self,
         *,
-        handle: CallHandle,
-        request: SipRequest,
-        source: tuple[str, int],
-        media: NegotiatedMedia,
+        attributes: dict[str, Any],
+        media: NegotiatedMedia | None,
         engine: MediaEngine,
         clock: EngineClock,
-        ports: PortPool,
         app: Application,
         signalling: CallSignalling,
-        account_sid: str = "",
-        application_sid: str = "",
+        handle: CallHandle | None = None,
+        ports: PortPool | None = None,
         inband_dtmf: bool = True,
         jitter_target: float = 0.04,
         dump_dir: Path | None = None,
         listen_buffer: float = 3.0,
         verify_tls: bool = True,
     ) -> None:
+        """A call: SIP-backed (``handle``, ``media``, ``ports``) or simulated (``media=None``:
+        the caller attaches ``leg`` itself, see ``mediaserver.harness``)."""
         self.handle = handle
-        self.call_sid = str(uuid.uuid4())
-        self.attributes = call_attributes(
-            request,
-            source,
-            call_sid=self.call_sid,
-            account_sid=account_sid,
-            application_sid=application_sid,
-        )
+        self.attributes = attributes
+        self.call_sid = str(attributes["callSid"])
         self.media = media
         self.engine = engine
         self.clock = clock
@@ -123,7 +116,8 @@ class Call:
         self.verify_tls = verify_tls
         self.verbs: deque[Verb] = deque()
         self.dump: CallDump | None = None
-        self.log = call_logger(self.call_sid, call_id=request.call_id)
+        self.log = call_logger(self.call_sid, call_id=attributes.get("callId"))
+        self.hook_payloads: list[dict[str, Any]] = []  # what this call's hooks were sent
         self.leg: Leg | None = None
         self.rtp: RtpSocket | None = None
         self.digits: list[DtmfKey] = []
@@ -137,6 +131,7 @@ class Call:
 
     async def open_media(self) -> int:
         """Create the leg and bind its RTP port; return the port for the SDP answer."""
+        assert self.media is not None and self.ports is not None
         self.leg = self._new_leg(self.media)
         if self.dump_dir is not None:
             self.dump = CallDump(self.dump_dir, self.call_sid, self.leg.sample_rate)
@@ -173,7 +168,7 @@ class Call:
 
     def renegotiate(self, media: NegotiatedMedia) -> None:
         """A re-INVITE was answered: follow hold/unhold, new address, new codec."""
-        assert self.leg is not None and self.rtp is not None
+        assert self.leg is not None and self.rtp is not None and self.media is not None
         old = self.media
         self.media = media
         if media.codec != old.codec or media.payload_type != old.payload_type:
@@ -218,9 +213,9 @@ class Call:
         self.attributes.update(sipStatus=200, sipReason="OK", callStatus="in-progress")
         self.log.info(
             "call.answered",
-            codec=self.media.codec,
-            ptime=self.media.ptime,
-            remote=self._remote(self.media),
+            codec=self.leg.codec.info.key if self.leg else None,
+            ptime=self.leg.ptime_ms if self.leg else None,
+            remote=self._remote(self.media) if self.media else None,
             rtp_port=self.rtp.port if self.rtp else None,
             verbs=[v.name for v in verbs],
         )
@@ -292,6 +287,7 @@ class Call:
     ) -> None:
         payload = snake_case(self.attributes)
         payload.update(fields)
+        self.hook_payloads.append(payload)
         result = await send_hook(hook, payload, log=self.log)
         if not replace_verbs or not result.ok or result.body is None:
             return
@@ -314,7 +310,7 @@ class Call:
         if self.leg is not None:
             self.engine.remove_leg(self.leg)
             stats = {"rtp": asdict(self.leg.jitter.stats), "leg": asdict(self.leg.stats)}
-        if self.rtp is not None:
+        if self.rtp is not None and self.ports is not None:
             self.rtp.close()
             self.ports.give_back(self.rtp.port)
         duration = (
@@ -324,7 +320,7 @@ class Call:
         self.log.info(
             "call.end",
             reason=reason,
-            codec=self.media.codec,
+            codec=self.leg.codec.info.key if self.leg else None,
             duration=duration,
             digits=digits,
             **stats,
@@ -334,7 +330,7 @@ class Call:
                 {
                     "attributes": self.attributes,
                     "reason": reason,
-                    "codec": self.media.codec,
+                    "codec": self.leg.codec.info.key if self.leg else None,
                     "duration": duration,
                     "digits": [asdict(k) for k in self.digits],
                     **stats,

@@ -37,6 +37,7 @@ from dsp.codecs import Codec, CodecError, Decoder, Encoder, get_codec
 from dsp.conceal import LossConcealer
 from dsp.dtmf import DtmfDetector
 from dsp.dtmf import KeyDown as InbandKeyDown
+from dsp.mix import saturating_sum
 from dsp.resample import SUPPORTED_RATES, Resampler, to_int16
 from dsp.silence import SilenceDetector, SilenceExpiry
 from mediaserver.logs import get_logger
@@ -52,6 +53,7 @@ __all__ = [
     "LegListener",
     "LegStats",
     "MediaEngine",
+    "PcmSource",
     "Playback",
 ]
 
@@ -68,6 +70,12 @@ class DtmfKey:
     source: Literal["rfc4733", "inband"]
     ended: bool
     duration: int = 0  # 8 kHz timestamp units, known at key-up
+
+
+class PcmSource(Protocol):
+    """A stream of PCM at a leg's rate: ``read(n)`` returns exactly ``n`` int16 samples."""
+
+    def read(self, n: int) -> NDArray[np.int16]: ...
 
 
 class LegListener(Protocol):
@@ -180,6 +188,10 @@ class Leg:
         self.silence_handler: Callable[[Leg, SilenceExpiry], None] | None = None
         self.listeners: list[LegListener] = []
         self.playback = Playback()
+        # What else this leg's far end hears besides playback, mixed in each tick:
+        # the other party when bridged (the B leg of dial, the callee of a simulated
+        # call). ``read(n)`` returns n samples at the leg's rate.
+        self.heard: PcmSource | None = None
         self.stats = LegStats()
         self.last_packet_at: float | None = None
         self.slot = -1
@@ -565,6 +577,8 @@ class MediaEngine:
                 callbacks.extend(leg.playback.read_into(write[i]))
             else:
                 write[i] = 0
+            if leg.heard is not None:
+                write[i] = saturating_sum(write[i][None, :], leg.heard.read(frame)[None, :])[0]
         sending = [i for i, leg in enumerate(legs) if leg.send is not None]
         if sending:
             if codec.batch is not None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
 from pathlib import Path
 from typing import cast
 
 from mediaserver.app import AppError, Application
-from mediaserver.call import Call
+from mediaserver.call import Call, call_attributes
 from mediaserver.config import ServerConfig
 from mediaserver.engine import EngineClock, MediaEngine
 from mediaserver.logs import get_logger
@@ -207,18 +208,18 @@ class SipServer(asyncio.DatagramProtocol):
     # -- CallSignalling ------------------------------------------------------------
 
     def answer(self, call: Call, sdp: bytes) -> None:
-        assert self.endpoint is not None
+        assert self.endpoint is not None and call.handle is not None
         self.endpoint.answer(call.handle, sdp)
         self._pump()
 
     def reject(self, call: Call, status: int, reason: str | None = None) -> None:
-        assert self.endpoint is not None
+        assert self.endpoint is not None and call.handle is not None
         with contextlib.suppress(Exception):  # already answered or gone: nothing to refuse
             self.endpoint.reject(call.handle, status, reason)
         self._pump()
 
     def hangup(self, call: Call) -> None:
-        assert self.endpoint is not None
+        assert self.endpoint is not None and call.handle is not None
         self.endpoint.hangup(call.handle)
         self._pump()
 
@@ -294,18 +295,22 @@ class SipServer(asyncio.DatagramProtocol):
             self.endpoint.reject(handle, 400, "Bad SDP")
             self._count("rejected-400")
             return
+        attributes = call_attributes(
+            event.request,
+            event.addr,
+            call_sid=str(uuid.uuid4()),
+            account_sid=self.config.account_sid,
+            application_sid=self.config.application_sid,
+        )
         call = Call(
             handle=handle,
-            request=event.request,
-            source=event.addr,
+            attributes=attributes,
             media=trial.media,
             engine=self.engine,
             clock=self.clock,
             ports=self.ports,
             app=self.app,
             signalling=self,
-            account_sid=self.config.account_sid,
-            application_sid=self.config.application_sid,
             inband_dtmf=self.config.inband_dtmf,
             jitter_target=self.config.jitter_target,
             dump_dir=Path(self.config.dump_dir) if self.config.dump_dir else None,
@@ -336,13 +341,13 @@ class SipServer(asyncio.DatagramProtocol):
                 self.hangup(call)
                 call.end("error")
         finally:
-            if call.end_reason is not None:
+            if call.end_reason is not None and call.handle is not None:
                 self.calls.pop(call.handle, None)
 
     def _reinvite(self, event: CallReinvited) -> None:
         assert self.endpoint is not None
         call = self.calls.get(event.call)
-        if call is None or call.rtp is None:
+        if call is None or call.rtp is None or call.answer_sdp is None:
             self.endpoint.reject(event.call, 481)
             return
         try:
@@ -362,7 +367,9 @@ class SipServer(asyncio.DatagramProtocol):
             await asyncio.sleep(min(1.0, timeout / 4))
             now = self.clock.now()
             for call in list(self.calls.values()):
-                if call.leg is None or call.answered_at is None or call.media.on_hold:
+                if call.leg is None or call.answered_at is None:
+                    continue
+                if call.media is not None and call.media.on_hold:
                     continue
                 last = call.leg.last_packet_at
                 since = now - (last if last is not None else call.answered_at)
