@@ -94,8 +94,8 @@ _END_BLOCKS, _END_HOPS = 0.65, 0.5
 # key's start and last block start, and blocks since the held key was last seen.
 _KEY, _CAND, _RUN, _RUN_START, _KEY_START, _KEY_LAST, _MISS = range(7)
 _IDLE_STATE = np.array([-1, -1, 0, 0, 0, 0, 0], dtype=np.int64)
-# Per digit: the bins (0..7) of its low and high tone.
-_DIGIT_TONES = np.array([(d // 4, d % 4 + 4) for d in range(16)], dtype=np.intp)
+# The bins (0..7) of each digit's low tone (row 0) and high tone (row 1).
+_TONES_OF_DIGIT = np.array([[d // 4 for d in range(16)], [d % 4 + 4 for d in range(16)]])
 _PACK = np.uint64(0x0102040810204080)  # gathers one bit of each byte into the top byte
 
 
@@ -232,7 +232,7 @@ class DtmfDetector:
         self._seen = np.zeros(capacity, dtype=np.int64)  # samples since reset
         self._prev = np.zeros((capacity, 8), dtype=np.complex64)  # last block's bins
         self._state = np.tile(_IDLE_STATE[:, None], (1, capacity))  # [fields, slots]
-        self._acc = np.zeros((capacity, 2), dtype=np.complex64)  # phase advance, low/high
+        self._acc = np.zeros((2, capacity), dtype=np.complex64)  # phase advance, low/high
         self._buffers: dict[str, NDArray[np.float32]] = {}  # per-call work arrays, reused
 
     def _scratch(self, name: str, shape: tuple[int, int]) -> NDArray[np.float32]:
@@ -251,7 +251,7 @@ class DtmfDetector:
         self._seen[s] = 0
         self._prev[s] = 0.0
         self._state[:, s] = _IDLE_STATE[:, None]
-        self._acc[s] = 0.0
+        self._acc[:, s] = 0.0
 
     def process(
         self, frames: NDArray[np.int16] | NDArray[np.float32], slots: Slots | None = None
@@ -389,27 +389,30 @@ class DtmfDetector:
         bins: NDArray[np.complex64],
         nb: int,
     ) -> NDArray[np.complex64]:
-        """Phase advance ``[blocks, legs, 2]`` of the digit's low/high bin since the block before.
+        """Phase advance ``[2, blocks, legs]`` of the digit's low/high bin since the block before.
 
         Only for the ``wanted`` blocks (zero elsewhere); ``digit`` and
         ``wanted`` are ``[blocks, legs]``, ``rows`` the legs' rows in the
         batch; ``bins`` holds the batch's ``nb`` blocks (``kmax`` per row, in
         row order) then, per batch row, the bins of the block before its first.
+        One-dimensional ``take`` and scatters only: numpy's multi-dimensional
+        fancy indexing costs several times more at these sizes.
         """
         kmax, legs = digit.shape
-        advance = np.zeros((kmax * legs, 2), dtype=np.complex64)
+        advance = np.zeros((2, kmax * legs), dtype=np.complex64)
         at = np.flatnonzero(wanted)
         if at.size:
-            k, leg = np.divmod(at, legs)
-            row = rows[leg]
-            here = row * kmax + k
-            before = np.where(k == 0, nb + row, here - 1)
-            tones = _DIGIT_TONES[digit.reshape(-1)[at]]  # the digit's low and high tone
+            here = rows * kmax + np.arange(kmax)[:, None]  # [blocks, legs]: row in bins
+            before = here - 1
+            before[0] = nb + rows
+            tones = np.take(_TONES_OF_DIGIT, np.take(digit, at), axis=1)  # [2, blocks]
             flat = bins.reshape(-1)
-            now = flat[here[:, None] * 8 + tones]
-            then = flat[before[:, None] * 8 + tones]
-            advance[at] = now * then.conj()
-        return advance.reshape(kmax, legs, 2)
+            now = np.take(flat, np.take(here, at) * 8 + tones)
+            then = np.take(flat, np.take(before, at) * 8 + tones)
+            turn = now * then.conj()
+            advance[0][at] = turn[0]
+            advance[1][at] = turn[1]
+        return advance.reshape(2, kmax, legs)
 
     def _track(
         self,
@@ -455,7 +458,7 @@ class DtmfDetector:
         acc_rows: NDArray[np.bool_] = np.logical_or.reduce(tuning | fresh, axis=1)
         tuned = bool(acc_rows.any())
         if tuned:
-            acc = np.take(self._acc, slots, axis=0)
+            acc = np.take(self._acc, slots, axis=1)
             advance = self._advances(rows, digit, tuning, bins, nb)
         held = key >= 0
         found: list[_Found] = []
@@ -466,7 +469,7 @@ class DtmfDetector:
             np.copyto(cand, d, where=v)
             if acc_rows[k]:
                 np.copyto(run_start, bs, where=fresh[k])
-                acc = np.where(fresh[k, :, None], 0, acc + advance[k])
+                acc = np.where(fresh[k], 0, acc + advance[:, k])
             hit = present[k] & (d == key)
             np.copyto(key_last, bs, where=hit)
             miss += v & held
@@ -477,7 +480,7 @@ class DtmfDetector:
             if fire_rows[k]:
                 fire = reaches[k] & (d != key)
                 if fire.any():
-                    fire[fire] = self._in_tune(d[fire], acc[fire])
+                    fire[fire] = self._in_tune(d[fire], acc[:, fire])
                     gone |= fire & held
                 else:
                     fire = None
@@ -500,7 +503,7 @@ class DtmfDetector:
 
         self._state[:, slots] = state
         if tuned:
-            self._acc[slots] = acc
+            self._acc[:, slots] = acc
         return self._events(slots, found) if found else []
 
     def _events(self, slots: NDArray[np.intp], found: list[_Found]) -> list[DtmfEvent]:
@@ -525,12 +528,15 @@ class DtmfDetector:
             for up, s, d, begin, end in columns
         ]
 
-    def _in_tune(self, cand: NDArray[np.int64], acc: NDArray[np.complex64]) -> NDArray[np.bool_]:
-        """Whether both tones of each run are within ``freq_tolerance`` of nominal."""
-        index = np.stack((cand // 4, cand % 4 + 4), axis=1)
+    def _in_tune(self, cand: NDArray[np.intp], acc: NDArray[np.complex64]) -> NDArray[np.bool_]:
+        """Whether both tones of each run are within ``freq_tolerance`` of nominal.
+
+        ``acc`` is ``[2, runs]``: the summed phase advance of the low and the
+        high tone's bin.
+        """
+        index = np.take(_TONES_OF_DIGIT, cand, axis=1)
         turned = acc * self._hop_turn[index]
         offset_hz = np.angle(turned) * self.rate / (2.0 * np.pi * self.hop)
-        ok: NDArray[np.bool_] = (
-            np.abs(offset_hz) <= self._freq_tolerance * self._freqs[index]
-        ).all(axis=1)
+        within = np.abs(offset_hz) <= self._freq_tolerance * self._freqs[index]
+        ok: NDArray[np.bool_] = within[0] & within[1]
         return ok
