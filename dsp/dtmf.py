@@ -121,6 +121,7 @@ def _pattern_digits() -> NDArray[np.intp]:
 _DIGIT_OF_PATTERN = _pattern_digits()
 # Events found in one block: kind, block, legs, digit, start, end (samples).
 _UP, _DOWN = 0, 1
+_KEY_NAMES = np.array(list(DTMF_KEYS))
 _Found = tuple[int, int, NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.int64]]
 _DIGIT_MILLIWATT_DBFS = -3.17  # 0 dBm0 relative to a full-scale sine
 _FULL_SCALE_POWER = 32767.0**2 / 2.0
@@ -507,26 +508,26 @@ class DtmfDetector:
         return self._events(slots, found) if found else []
 
     def _events(self, slots: NDArray[np.intp], found: list[_Found]) -> list[DtmfEvent]:
-        """Event objects, per slot in time order (a release before a press in the same block)."""
-        kind = np.concatenate([np.full(f[2].size, f[0]) for f in found])
-        block = np.concatenate([np.full(f[2].size, f[1]) for f in found])
-        slot = slots[np.concatenate([f[2] for f in found])]
-        order = np.lexsort((kind, block, slot))
-        columns = zip(
-            kind[order].tolist(),
-            slot[order].tolist(),
-            np.concatenate([f[3] for f in found])[order].tolist(),
-            np.concatenate([f[4] for f in found])[order].tolist(),
-            np.concatenate([f[5] for f in found])[order].tolist(),
-            strict=True,
-        )
-        rate = self.rate
-        return [
-            KeyUp(s, DTMF_KEYS[d], begin, end - begin, rate)
-            if up == _UP
-            else KeyDown(s, DTMF_KEYS[d], begin, rate)
-            for up, s, d, begin, end in columns
-        ]
+        """Event objects, per slot in time order (a release before a press in the same block).
+
+        Built group by group with ``map`` (one object per event is most of the
+        cost when many legs press at once), then put in order if needed.
+        """
+        events: list[DtmfEvent] = []
+        rate = itertools.repeat(self.rate)
+        for kind, _, legs, digit, begin, end in found:
+            names = _KEY_NAMES[digit].tolist()
+            slot = slots[legs].tolist()
+            if kind == _UP:
+                events += map(KeyUp, slot, names, begin.tolist(), (end - begin).tolist(), rate)
+            else:
+                events += map(KeyDown, slot, names, begin.tolist(), rate)
+        slot_of = slots[np.concatenate([f[2] for f in found])]
+        if len(found) == 1 and bool((slot_of[1:] > slot_of[:-1]).all()):
+            return events
+        kind_of = np.concatenate([np.full(f[2].size, f[0]) for f in found])
+        block_of = np.concatenate([np.full(f[2].size, f[1]) for f in found])
+        return [events[i] for i in np.lexsort((kind_of, block_of, slot_of)).tolist()]
 
     def _in_tune(self, cand: NDArray[np.intp], acc: NDArray[np.complex64]) -> NDArray[np.bool_]:
         """Whether both tones of each run are within ``freq_tolerance`` of nominal.
