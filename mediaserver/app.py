@@ -108,10 +108,21 @@ class Application:
         self.source = source
         self.timeout = timeout
         self.is_url = source.startswith(("http://", "https://"))
+        self._verbs: list[dict[str, Any]] | None = None
         if not self.is_url and source and not Path(source).is_file():
             raise AppError(f"--app: no such file {source!r} (or give an http(s) URL)")
 
+    @classmethod
+    def from_verbs(cls, verbs: list[dict[str, Any]]) -> Application:
+        """An application given as a verb array in memory (validated now)."""
+        parse_verbs(verbs, "app")
+        app = cls("")
+        app._verbs = verbs
+        return app
+
     async def verbs_for_call(self, attrs: dict[str, Any]) -> list[Verb]:
+        if self._verbs is not None:
+            return parse_verbs(json.loads(json.dumps(self._verbs)), "app")
         if not self.source:
             return []
         if not self.is_url:

@@ -118,6 +118,7 @@ class Call:
         self.dump: CallDump | None = None
         self.log = call_logger(self.call_sid, call_id=attributes.get("callId"))
         self.hook_payloads: list[dict[str, Any]] = []  # what this call's hooks were sent
+        self.listen_results: list[ListenResult] = []
         self.leg: Leg | None = None
         self.rtp: RtpSocket | None = None
         self.digits: list[DtmfKey] = []
@@ -277,6 +278,7 @@ class Call:
             verify_tls=self.verify_tls,
         )
         result = await run.run()
+        self.listen_results.append(result)
         if options.action_hook is not None:
             await self._action_hook(
                 options.action_hook, result.hook_fields(), replace_verbs=self.end_reason is None

@@ -73,6 +73,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         return asyncio.run(run_server(config))
 
 
+def _run_call(args: argparse.Namespace) -> int:
+    from mediaserver.call_cli import run_call_command
+
+    return run_call_command(args)
+
+
 def _run_receiver(args: argparse.Namespace) -> int:
     from mediaserver.receiver import run_receiver
 
@@ -129,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Play audio files as call legs through the same RTP receive path "
         "as a SIP call and run the app's verbs on them.",
     )
-    call.add_argument("app", metavar="APP", help="verb-array JSON file or app URL")
+    call.add_argument(
+        "app", metavar="APP", help="verb-array JSON file, app URL, or a ws:// URL to fork to"
+    )
     call.add_argument(
         "--caller", metavar="SRC", help="audio file, tone:FREQ[:SECONDS] or silence:SECONDS"
     )
@@ -141,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--speed", type=float, default=1.0, metavar="X", help="media clock speed-up")
     call.add_argument("--calls", type=int, default=1, metavar="N", help="concurrent calls")
     call.add_argument("--json", action="store_true", help="print a JSON summary last on stdout")
-    call.set_defaults(func=_not_yet("call", "the listen / call harness issue"))
+    call.set_defaults(func=_run_call)
 
     receiver = sub.add_parser(
         "receiver",
