@@ -123,6 +123,7 @@ _DIGIT_OF_PATTERN = _pattern_digits()
 _UP, _DOWN = 0, 1
 _KEY_NAMES = np.array(list(DTMF_KEYS))
 _Found = tuple[int, int, NDArray[np.intp], NDArray[np.intp], NDArray[np.int64], NDArray[np.int64]]
+_TILE_ROWS = 64  # blocks per row when the window is multiplied into many blocks
 _DIGIT_MILLIWATT_DBFS = -3.17  # 0 dBm0 relative to a full-scale sine
 _FULL_SCALE_POWER = 32767.0**2 / 2.0
 
@@ -212,6 +213,7 @@ class DtmfDetector:
         # |X|^2 * tone_scale = power of a sine (A^2/2); energy * total_scale = mean power.
         self._tone_scale = np.float32(2.0 / window.sum() ** 2)
         self._window_sq = (window**2 / (window**2).sum()).astype(np.float32)
+        self._window_sq_tile = np.tile(self._window_sq, _TILE_ROWS)
         self._chunk_rows = max(16, 200_000 // (16 * n))  # OpenBLAS threads above ~262k MACs
         self._hop_turn = np.exp(-2j * np.pi * freqs * self.hop / rate).astype(np.complex64)
         self._freqs = freqs
@@ -317,8 +319,17 @@ class DtmfDetector:
         step = self._chunk_rows
         for lo in range(0, nb, step):
             np.matmul(blocks[lo : lo + step], self._basis, out=y[lo : lo + step])
+        # Mean power of each block: sum of window^2 * x^2. The window is
+        # multiplied in over _TILE_ROWS blocks at a time (numpy's loop over
+        # short rows costs more than the multiplication).
         weighted = self._scratch("weighted", (nb, n))
-        np.multiply(blocks, self._window_sq, out=weighted)
+        whole = nb - nb % _TILE_ROWS
+        np.multiply(
+            blocks[:whole].reshape(-1, _TILE_ROWS * n),
+            self._window_sq_tile,
+            out=weighted[:whole].reshape(-1, _TILE_ROWS * n),
+        )
+        np.multiply(blocks[whole:], self._window_sq, out=weighted[whole:])
         total = np.einsum("ij,ij->i", weighted, blocks)  # no BLAS
         squares = self._scratch("squares", (nb, 16))
         np.multiply(y, y, out=squares)
@@ -333,7 +344,10 @@ class DtmfDetector:
         complex_bins = bins.view(np.complex64)
         complex_bins[nb:] = self._prev[sel]
         last = complex_bins[np.arange(legs) * kmax + np.maximum(blocks_per_leg - 1, 0)]
-        self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, complex_bins[nb:])
+        if (blocks_per_leg > 0).all():
+            self._prev[sel] = last
+        else:
+            self._prev[sel] = np.where((blocks_per_leg > 0)[:, None], last, complex_bins[nb:])
 
         # Legs with a digit in a block, a run going or a key down.
         busy = np.maximum(self._state[_KEY, sel], self._state[_CAND, sel])
