@@ -9,6 +9,7 @@ headers are never logged.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -44,12 +45,13 @@ async def send_hook(
 ) -> HookResult:
     """Send ``payload`` to ``hook`` and return what happened."""
     started = time.perf_counter()
-    auth = None
+    headers = {}
     if hook.username is not None and hook.password is not None:
-        auth = aiohttp.BasicAuth(hook.username, hook.password)
+        token = base64.b64encode(f"{hook.username}:{hook.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
     try:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout), auth=auth
+            timeout=aiohttp.ClientTimeout(total=timeout), headers=headers
         ) as session:
             if hook.method == "GET":
                 params = {k: json.dumps(v) if isinstance(v, dict | list) else str(v)

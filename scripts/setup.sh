@@ -26,6 +26,7 @@ declare -A SYSTEM_PACKAGES=(
   [espeak-ng]=espeak-ng
   [sox]=sox
   [multimon-ng]=multimon-ng
+  [openssl]=openssl
 )
 
 apt_install() {

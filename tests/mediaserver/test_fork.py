@@ -155,3 +155,50 @@ async def test_stalled_receiver_bounds_the_buffer_and_counts_drops() -> None:
         # memory bound: our backlog stays at the limit whatever the receiver does
         assert fork._backlog_bytes <= 32000
         fork.abort()
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make a lab certificate"
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = str(d / "cert.pem"), str(d / "key.pem")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", key, "-out", cert],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_wss_verifies_certificates_unless_the_lab_opt_out_is_set(
+    self_signed: tuple[str, str],
+) -> None:
+    import ssl
+
+    cert, key = self_signed
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    got: list[Any] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            got.append(message)
+
+    async with serve(handler, "127.0.0.1", 0, ssl=context,
+                     subprotocols=["audio.jambonz.org"]) as server:  # fmt: skip
+        port = next(iter(server.sockets)).getsockname()[1]
+        url = f"wss://127.0.0.1:{port}/"
+        with pytest.raises(ForkConnectError, match=r"cannot connect|CERTIFICATE_VERIFY_FAILED"):
+            await WebSocketFork.connect(url, max_buffer_bytes=1000)
+        fork = await WebSocketFork.connect(url, max_buffer_bytes=1000, verify_tls=False)
+        fork.send_text("over tls")
+        await fork.close()
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.02)
+    assert got == ["over tls"]
