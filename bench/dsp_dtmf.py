@@ -8,6 +8,12 @@ Peers, measured in the same run:
     the textbook Goertzel recurrence (a loop over samples, vectorised over
     legs), which costs more than our whole detector before deciding anything.
 
+Cost cases: no key (noise on every leg); every leg holding a key (the same
+long tone on all 1000 legs); and a load test where all 1000 legs press keys
+in step (100 ms on, 100 ms off), reported as the mean tick over the cycle and
+its worst tick, the one where 1000 keys go down at once; that tick returns
+1000 ``KeyDown`` objects, and building them alone is printed below it.
+
 Accuracy is scored per category by aligning the expected digit sequence with
 the reported one (longest common subsequence): hits, misses, and extra or
 wrong digits. Both detectors see exactly the same samples.
@@ -18,11 +24,12 @@ from __future__ import annotations
 import itertools
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -215,6 +222,29 @@ def _goertzel_recurrence(frames: NDArray[np.float32]) -> Callable[[], object]:
     return run
 
 
+def _press_cycle() -> tuple[float, float]:
+    """All legs press 1, 5, 9, # in step (100 ms on, 100 ms off): mean and worst tick, ms."""
+    segments = []
+    for digit in "159#":
+        segments += [ToneSegment.dtmf(digit, 0.1, LEVEL), ToneSegment.silence(0.1)]
+    signal = render(segments)
+    ticks = [
+        np.ascontiguousarray(np.broadcast_to(signal[at : at + FRAME], (LEGS, FRAME)))
+        for at in range(0, len(signal) - FRAME + 1, FRAME)
+    ]
+    det = DtmfDetector(LEGS)
+    for tick in ticks:  # warm-up: one whole cycle
+        det.process(tick)
+    times: list[list[float]] = [[] for _ in ticks]
+    for _ in range(7):
+        for i, tick in enumerate(ticks):
+            t0 = time.perf_counter()
+            det.process(tick)
+            times[i].append(time.perf_counter() - t0)
+    medians = [statistics.median(t) * 1e3 for t in times]
+    return statistics.mean(medians), max(medians)
+
+
 def _cost_table(mm_ms_per_tick: float | None) -> None:
     rng = np.random.default_rng(3)
     idle = (rng.standard_normal((LEGS, FRAME)) * 1500).astype(np.int16)
@@ -226,17 +256,31 @@ def _cost_table(mm_ms_per_tick: float | None) -> None:
     ]
     det_busy = DtmfDetector(LEGS)
     cycle = itertools.cycle(ticks)
-    det_naive = DtmfDetector(LEGS)
+    for _ in range(10):  # keys down on every leg before timing
+        det_busy.process(next(cycle))
     few = 100
     rows = [np.array([i]) for i in range(few)]
 
+    def per_leg(det: DtmfDetector, frames: Iterator[NDArray[np.int16]]) -> Callable[[], object]:
+        """One ``process`` call per leg for the first ``few`` legs (the naive engine)."""
+
+        def run() -> object:
+            tick = next(frames)
+            return [det.process(tick[i : i + 1], rows[i]) for i in range(few)]
+
+        return run
+
     ours_idle = per_call_ms(lambda: det_idle.process(idle))
     ours_busy = per_call_ms(lambda: det_busy.process(next(cycle)))
-    naive = per_call_ms(
-        lambda: [det_naive.process(idle[i : i + 1], rows[i]) for i in range(few)],
-        repeat=5,
-        number=5,
-    ) * (LEGS / few)
+    naive_idle = per_leg(DtmfDetector(LEGS), itertools.repeat(idle))
+    naive = per_call_ms(naive_idle, repeat=5, number=5) * (LEGS / few)
+    naive_held = per_leg(DtmfDetector(LEGS), itertools.cycle(ticks))
+    for _ in range(10):
+        naive_held()
+    naive_busy = per_call_ms(naive_held, repeat=5, number=5) * (LEGS / few)
+    press_mean, press_worst = _press_cycle()
+    downs = [(slot, "5", 1000 + slot, RATE) for slot in range(LEGS)]
+    objects = per_call_ms(lambda: [KeyDown(*args) for args in downs], repeat=5, number=10)
     goertzel = per_call_ms(_goertzel_recurrence(idle.astype(np.float32)), repeat=5, number=10)
 
     print(f"== DTMF detector cost: {LEGS} legs x one 20 ms frame at 8 kHz (ms per tick) ==")
@@ -245,7 +289,17 @@ def _cost_table(mm_ms_per_tick: float | None) -> None:
     print(
         row("no key vs Goertzel recurrence*", ours_idle, goertzel, f"{goertzel / ours_idle:.1f}x")
     )
-    print(row("every leg holding a key", ours_busy, "", ""))
+    print(
+        row(
+            "every leg holding a key vs per-leg",
+            ours_busy,
+            naive_busy,
+            f"{naive_busy / ours_busy:.1f}x",
+        )
+    )
+    print(row("keys pressed in step: mean tick", press_mean, "", ""))
+    print(row("keys pressed in step: worst tick", press_worst, "", ""))
+    print(f"  (of which building the 1000 KeyDown objects it returns: {objects:.3f} ms)")
     if mm_ms_per_tick is not None:
         ratio = mm_ms_per_tick / ours_idle
         print(row("no key vs multimon-ng CPU**", ours_idle, mm_ms_per_tick, f"{ratio:.1f}x"))
