@@ -226,3 +226,16 @@ def test_wav_written_by_the_receiver_cli_is_valid(tmp_path: Path) -> None:
     finally:
         rx.terminate()
         rx.wait(10)
+
+
+async def test_hook_server_down_is_logged_and_the_call_goes_on(receiver: Receiver) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/done"
+    app = [{"verb": "listen", "url": receiver.url, "maxLength": 0.5, "actionHook": dead},
+           {"verb": "pause", "length": 0.5}]  # fmt: skip
+    result = await run_call(app, caller="tone:440:3", speed=SPEED)
+    assert result.reason == "app-done"  # the pause after the failed hook still ran
+    assert result.hook_payloads[0]["reason"] == "maxLength"

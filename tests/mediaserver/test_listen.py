@@ -438,3 +438,29 @@ async def test_kill_audio_clears_pending_marks(receiver: Receiver) -> None:
         await task
     (rx,) = await receiver.wait_for_calls(1)
     assert rx.frames_of("mark") == [{"type": "mark", "data": {"name": "m1", "event": "cleared"}}]
+
+
+async def test_ws_auth_password_never_reaches_the_logs(tmp_path: Path) -> None:
+    import io
+
+    from mediaserver.logs import configure_logging
+
+    out = io.StringIO()
+    configure_logging("DEBUG", stream=out)
+    secret = "hunter2-never-logged"
+    try:
+        async with (
+            Receiver(tmp_path / "rx", auth=("user", secret)) as rx,
+            CallUnderTest(speechlike(1.0)) as call,
+        ):
+            auth = {"username": "user", "password": secret}
+            ok = await run_listen(call, url=rx.url, maxLength=0.3, wsAuth=auth)
+            wrong = {"username": "user", "password": secret + "x"}
+            bad = await run_listen(call, url=rx.url, maxLength=0.3, wsAuth=wrong)
+    finally:
+        configure_logging("INFO")
+    assert ok.reason == "maxLength" and bad.reason == "connect-failed"
+    logged = out.getvalue()
+    assert "listen.start" in logged and "listen.connect_failed" in logged
+    assert secret not in logged
+    assert base64.b64encode(f"user:{secret}".encode()).decode() not in logged
