@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -350,6 +351,43 @@ def test_batch_result_equals_per_leg_result(
         assert [e.duration for e in mine if isinstance(e, KeyUp)] == [
             e.duration for e in own if isinstance(e, KeyUp)
         ]
+
+
+def test_legs_in_different_states_in_one_batch_each_match_the_leg_alone() -> None:
+    # One batch where, in the same ticks, some legs start runs, some reach the
+    # key-down count (in tune or not), some hold a key for long, some drop
+    # out briefly, some release or switch digits without a pause: no leg's
+    # events may depend on what the others are doing.
+    rng = random.Random(2024)
+    signals = []
+    for _ in range(48):
+        segments = [ToneSegment.silence(rng.randrange(0, 160) / RATE)]
+        for _ in range(rng.randint(1, 4)):
+            digit = rng.choice(DIGITS)
+            shift = rng.choice([0.0, 0.0, 0.0, 0.01, -0.035])
+            low, high = dtmf_frequencies(digit)
+            tone = ((low * (1 + shift), LEVEL), (high, LEVEL - rng.choice([0.0, 4.0])))
+            segments.append(ToneSegment(tone, rng.choice([0.025, 0.04, 0.06, 0.1, 0.3])))
+            segments.append(ToneSegment.silence(rng.choice([0.0, 0.01, 0.03, 0.06, 0.1])))
+        signals.append(render(segments))
+    tick = 160
+    length = -(-(max(map(len, signals)) + 2400) // tick) * tick
+    batch = np.zeros((len(signals), length), np.int16)
+    for i, s in enumerate(signals):
+        batch[i, : len(s)] = s
+    slots = np.array(rng.sample(range(64), len(signals)))
+    together: list[DtmfEvent] = []
+    batched = DtmfDetector(64)
+    for at in range(0, length, tick):
+        together += batched.process(batch[:, at : at + tick], slots)
+    assert sum(isinstance(e, KeyDown) for e in together) >= 40  # the mix really has keys
+    for i, slot in enumerate(slots.tolist()):
+        alone = DtmfDetector(1)
+        own: list[DtmfEvent] = []
+        for at in range(0, length, tick):
+            own += alone.process(batch[i : i + 1, at : at + tick])
+        mine = [e for e in together if e.slot == slot]
+        assert [replace(e, slot=0) for e in mine] == own, f"leg {i}"
 
 
 @settings(max_examples=25, deadline=None)
