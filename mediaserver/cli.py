@@ -86,9 +86,11 @@ def _run_receiver(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from mediaserver.demo import run_demo
+    from mediaserver.demo import run_call_demo, run_demo
 
-    return run_demo(out_dir=args.out, seconds=args.seconds, calls=args.calls)
+    if args.dsp:
+        return run_demo(out_dir=args.out, seconds=args.seconds, calls=args.calls)
+    return run_call_demo(out_dir=args.out, seconds=args.seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,15 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="run the DSP pipeline on generated calls and write the result as WAV",
-        description="Generate caller/callee audio with DTMF, send it as PCMU RTP through "
-        "a jitter buffer per leg, then run the DSP chain (decode, resample, silence and "
-        "DTMF detection, stereo mix) on all calls as one batch per tick; report what was "
-        "detected and write one stereo WAV per call.",
+        help="place a demo call into the reference receiver and show where the WAV landed",
+        description="Start the reference receiver, place one scripted call whose app forks "
+        "it with listen (stereo, 16 kHz, passDtmf), and print what the receiver got and "
+        "where it wrote the WAV. --dsp instead runs the batched DSP chain on generated "
+        "calls (PCMU RTP, jitter buffer, decode, resample, DTMF and silence detection, "
+        "stereo mix) and writes one WAV per call.",
     )
-    demo.add_argument("--out", default="out", metavar="DIR", help="where to write demo-callN.wav")
+    demo.add_argument("--dsp", action="store_true", help="run the batched DSP demo instead")
+    demo.add_argument("--out", default="out", metavar="DIR", help="where to write the WAVs")
     demo.add_argument("--seconds", type=float, default=6.0, help="length of each demo call")
-    demo.add_argument("--calls", type=int, default=4, help="how many calls in the batch")
+    demo.add_argument("--calls", type=int, default=4, help="calls in the --dsp batch")
     demo.set_defaults(func=_run_demo)
     return parser
 

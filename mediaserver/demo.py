@@ -1,4 +1,11 @@
-"""``mediaserver demo``: the receive and DSP path on a batch of generated calls.
+"""``mediaserver demo``: a demo call into the reference receiver, and the DSP demo.
+
+``run_call_demo`` (the default): starts the reference receiver, places one
+scripted call (speech-like caller audio with three key presses, a tone as
+what the caller hears) whose app forks it with ``listen`` (stereo, 16 kHz,
+passDtmf), and prints what the receiver got and where its WAV landed.
+
+``run_demo`` (``--dsp``): the receive and DSP path on a batch of generated calls.
 
 Each call's caller sends a speech-like signal with DTMF key presses and then
 goes quiet; the callee side is a tone (what the caller hears). The caller's
@@ -206,3 +213,57 @@ def run_demo(out_dir: str = "out", seconds: float = 6.0, calls: int = 4) -> int:
     )
     print("result:", "all key presses and silences detected as sent" if ok else "MISMATCH")
     return 0 if ok else 1
+
+
+def run_call_demo(out_dir: str = "out", seconds: float = 6.0, speed: float = 4.0) -> int:
+    """One scripted call forked to the reference receiver; print where the WAV landed."""
+    import asyncio
+
+    from mediaserver.harness import run_call
+    from mediaserver.receiver import Receiver
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    caller_wav = out / "demo-caller.wav"
+    pcm = np.clip(_speech_like(seconds, np.random.default_rng(7)), -32768, 32767)
+    with wave.open(str(caller_wav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm.astype("<i2").tobytes())
+
+    async def demo() -> int:
+        async with Receiver(out / "receiver") as rx:
+            app = [
+                {
+                    "verb": "listen",
+                    "url": rx.url,
+                    "mixType": "stereo",
+                    "sampleRate": 16000,
+                    "passDtmf": True,
+                    "metadata": {"demo": True},
+                }
+            ]
+            result = await run_call(
+                app,
+                caller=str(caller_wav),
+                callee=f"tone:440:{seconds}",
+                dtmf="1@1.5,2@2.5,#@3.5",
+                speed=speed,
+            )
+            (got,) = await rx.wait_for_calls(1, timeout=10)
+        keys = "".join(f["dtmf"] for f in got.frames_of("dtmf"))
+        print(f"call {result.call_sid}: {result.reason} after {result.duration:.1f} s of media")
+        print(
+            f"receiver got {got.seconds:.2f} s of {got.sample_rate} Hz "
+            f"{'stereo' if got.channels == 2 else 'mono'} audio in {got.frames} frames, "
+            f"dtmf {keys or '-'}, {len(got.violations)} protocol violations, "
+            f"closed with {got.close_code}"
+        )
+        print(f"WAV:      {got.wav_path.resolve()}")
+        print(f"metadata: {got.json_path.resolve()}")
+        print(f"events:   {got.events_path.resolve()}")
+        ok = keys == "12#" and got.close_code == 1000 and not got.violations
+        return 0 if ok else 1
+
+    return asyncio.run(demo())

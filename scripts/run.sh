@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/mediaserver demo "$@"
+exec .venv/bin/mediaserver --log-level WARNING demo "$@"

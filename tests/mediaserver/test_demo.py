@@ -36,3 +36,19 @@ def test_demo_detects_every_key_and_writes_stereo_wavs(
 def test_demo_rejects_nonsense_arguments() -> None:
     with pytest.raises(SystemExit, match="--calls"):
         run_demo(calls=0)
+
+
+def test_call_demo_lands_a_stereo_wav_in_the_receiver(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mediaserver.demo import run_call_demo
+
+    assert run_call_demo(out_dir=str(tmp_path), seconds=4.0, speed=8.0) == 0
+    out = capsys.readouterr().out
+    assert "dtmf 12#, 0 protocol violations, closed with 1000" in out
+    wav_line = next(line for line in out.splitlines() if line.startswith("WAV:"))
+    path = Path(wav_line.split(None, 1)[1])
+    assert path.parent == (tmp_path / "receiver").resolve()
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 16000)
+        assert w.getnframes() >= 16000 * 3.8
