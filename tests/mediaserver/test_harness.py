@@ -239,3 +239,16 @@ async def test_hook_server_down_is_logged_and_the_call_goes_on(receiver: Receive
     result = await run_call(app, caller="tone:440:3", speed=SPEED)
     assert result.reason == "app-done"  # the pause after the failed hook still ran
     assert result.hook_payloads[0]["reason"] == "maxLength"
+
+
+async def test_bad_listen_is_reported_to_its_hook_and_the_call_goes_on(
+    hook_url: tuple[str, list[dict[str, Any]]],
+) -> None:
+    url, seen = hook_url
+    app = [{"verb": "listen", "url": "ws://127.0.0.1:9/", "sampleRate": 11025, "actionHook": url},
+           {"verb": "pause", "length": 0.5}]  # fmt: skip
+    result = await run_call(app, caller="tone:440:3", speed=SPEED)
+    assert result.reason == "app-done"
+    (payload,) = seen
+    assert payload["reason"] == "error"
+    assert "sampleRate: must be one of 8000, 16000" in payload["error"]
