@@ -110,7 +110,7 @@ class Application:
         self.is_url = source.startswith(("http://", "https://"))
         self._verbs: list[dict[str, Any]] | None = None
         if not self.is_url and source and not Path(source).is_file():
-            raise AppError(f"--app: no such file {source!r} (or give an http(s) URL)")
+            raise AppError(f"app: no such file {source!r} (or give an http(s) URL)")
 
     @classmethod
     def from_verbs(cls, verbs: list[dict[str, Any]]) -> Application:

@@ -1,9 +1,7 @@
 """The ``mediaserver`` command line: argument parsing and dispatch only.
 
 Each subcommand lives in its own module; this one parses, configures logging
-once, and hands over. Subcommands whose issue has not landed yet exit with
-status 69 (EX_UNAVAILABLE) and a one-line message saying so, but their
-``--help`` already documents the interface they will have.
+once, and hands over. Usage errors exit with status 2 and name the option.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ from collections.abc import Callable, Sequence
 from mediaserver import __version__
 from mediaserver.logs import configure_logging
 
-__all__ = ["EX_UNAVAILABLE", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 # The media engine is one thread per process (scale out with processes): keep
 # BLAS from spawning threads that fight it for the cores. None of the imports
@@ -24,25 +22,11 @@ __all__ = ["EX_UNAVAILABLE", "build_parser", "main"]
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-EX_UNAVAILABLE = 69
-
 _DESCRIPTION = """\
 Telephony media-server emulator: the sending side of a call-audio fork.
 Takes call legs (real SIP + RTP, or simulated legs from audio files), decodes,
 detects silence and DTMF, mixes and resamples, and delivers the audio the way
 jambonz `listen`, Kazoo `record_call` and SignalWire `record_call` do."""
-
-
-def _not_yet(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(_args: argparse.Namespace) -> int:
-        print(
-            f"mediaserver {name}: not yet available in this version ({issue}); "
-            "run `mediaserver demo` for the DSP pipeline demo.",
-            file=sys.stderr,
-        )
-        return EX_UNAVAILABLE
-
-    return run
 
 
 def _run_serve(args: argparse.Namespace) -> int:

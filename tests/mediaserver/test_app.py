@@ -57,7 +57,7 @@ async def test_file_app_is_read_per_call(tmp_path: Path) -> None:
 
 
 def test_missing_app_file_is_named() -> None:
-    with pytest.raises(AppError, match=r"--app: no such file 'nope\.json'"):
+    with pytest.raises(AppError, match=r"app: no such file 'nope\.json'"):
         Application("nope.json")
 
 

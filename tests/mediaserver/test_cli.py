@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mediaserver.cli import EX_UNAVAILABLE, main
+from mediaserver.cli import main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -33,12 +33,9 @@ def test_help_describes_serve_call_and_receiver() -> None:
         assert opt in call
 
 
-@pytest.mark.parametrize("argv", [["call", "app.json"]])
-def test_unavailable_subcommands_exit_69_with_a_message(
-    argv: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert main(argv) == EX_UNAVAILABLE
-    assert "not yet available" in capsys.readouterr().err
+def test_call_with_a_missing_app_file_names_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["call", "nope.json"]) == 2
+    assert "app: no such file 'nope.json'" in capsys.readouterr().err
 
 
 def test_bad_choice_is_a_usage_error_naming_the_option() -> None:
