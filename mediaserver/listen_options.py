@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 __all__ = [
     "BIDIRECTIONAL_RATES",
@@ -189,6 +189,13 @@ def parse_listen(data: dict[str, Any], app_url: str | None = None) -> ListenOpti
         raise ListenError(f"metadata: {size} bytes as JSON, the limit is {METADATA_LIMIT}")
     auth = data.get("wsAuth")
     user = password = None
+    raw_url = data.get("url")
+    if auth is None and isinstance(raw_url, str) and not urlsplit(raw_url.strip()).scheme:
+        # A relative socket URL lives on the app's own server: the real sender
+        # authenticates with the app URL's basic-auth credentials.
+        app_parts = urlsplit(app_url or "")
+        if app_parts.username is not None and app_parts.password is not None:
+            user, password = unquote(app_parts.username), unquote(app_parts.password)
     if auth is not None:
         if not isinstance(auth, dict):
             raise ListenError("wsAuth: must be an object with username and password")

@@ -252,3 +252,11 @@ async def test_bad_listen_is_reported_to_its_hook_and_the_call_goes_on(
     (payload,) = seen
     assert payload["reason"] == "error"
     assert "sampleRate: must be one of 8000, 16000" in payload["error"]
+
+
+async def test_stream_is_a_synonym_of_listen(receiver: Receiver) -> None:
+    result = await run_call([{"verb": "stream", "url": receiver.url, "maxLength": 0.5}],
+                            caller="tone:440:2", speed=SPEED)  # fmt: skip
+    (rx,) = await receiver.wait_for_calls(1)
+    assert result.listens[0]["reason"] == "maxLength"
+    assert rx.frames == 25

@@ -406,6 +406,12 @@ def test_relative_urls_resolve_against_the_app() -> None:
     assert opts.url == "wss://app.example:8443/ws/calls"
     assert opts.action_hook is not None
     assert opts.action_hook.url == "https://app.example:8443/done"
+    assert (opts.ws_username, opts.ws_password) == ("u", "p")  # the app's own credentials
+    explicit = parse_listen({"url": "/ws", "wsAuth": {"username": "a", "password": "b"}},
+                            "https://u:p@app.example/")  # fmt: skip
+    assert (explicit.ws_username, explicit.ws_password) == ("a", "b")
+    absolute = parse_listen({"url": "wss://other.example/"}, "https://u:p@app.example/")
+    assert absolute.ws_username is None  # never sent to another server
     with pytest.raises(ListenError, match="relative"):
         parse_listen({"url": "/ws"}, None)
 
