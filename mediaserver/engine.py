@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,7 +37,7 @@ from dsp.codecs import Codec, CodecError, Decoder, Encoder, get_codec
 from dsp.conceal import LossConcealer
 from dsp.dtmf import DtmfDetector
 from dsp.dtmf import KeyDown as InbandKeyDown
-from dsp.mix import saturating_sum
+from dsp.mix import MixType, mix, saturating_sum
 from dsp.resample import SUPPORTED_RATES, Resampler, to_int16
 from dsp.silence import SilenceDetector, SilenceExpiry
 from mediaserver.logs import get_logger
@@ -49,6 +49,7 @@ from rtp.telephone_event import KeyEvent, TelephoneEventReceiver, encode_key_pre
 __all__ = [
     "DtmfKey",
     "EngineClock",
+    "FrameListener",
     "Leg",
     "LegListener",
     "LegStats",
@@ -76,6 +77,18 @@ class PcmSource(Protocol):
     """A stream of PCM at a leg's rate: ``read(n)`` returns exactly ``n`` int16 samples."""
 
     def read(self, n: int) -> NDArray[np.int16]: ...
+
+
+class FrameListener(Protocol):
+    """A fork: wants each tick already mixed (``mix_type``) as L16 little-endian bytes.
+
+    The engine mixes all forks of one rate and mix type in one call.
+    """
+
+    sample_rate: int
+    mix_type: MixType
+
+    def on_frame(self, data: bytes) -> None: ...
 
 
 class LegListener(Protocol):
@@ -186,7 +199,7 @@ class Leg:
         self.inband_dtmf = inband_dtmf
         self.dtmf_handlers: list[Callable[[Leg, DtmfKey], None]] = []
         self.silence_handler: Callable[[Leg, SilenceExpiry], None] | None = None
-        self.listeners: list[LegListener] = []
+        self.listeners: list[LegListener | FrameListener] = []
         self.playback = Playback()
         # What else this leg's far end hears besides playback, mixed in each tick:
         # the other party when bridged (the B leg of dial, the callee of a simulated
@@ -605,10 +618,23 @@ class MediaEngine:
                 up_write = self._resampler(rate, out_rate, "write")
                 r_out = to_int16(up_read.process(read[rows], slots[rows]))
                 w_out = to_int16(up_write.process(write[rows], slots[rows]))
+            # Forks: mixed as one batch per mix type, handed over as L16 little-endian
+            # bytes; other listeners (dumps, recorders) get the two streams.
+            by_mix: dict[MixType, list[tuple[int, FrameListener]]] = {}
             for row, i in enumerate(rows_list):
                 for listener in legs[i].listeners:
-                    if listener.sample_rate == out_rate:
+                    if listener.sample_rate != out_rate:
+                        continue
+                    if hasattr(listener, "on_frame"):  # cheaper than a Protocol isinstance
+                        fork = cast(FrameListener, listener)
+                        by_mix.setdefault(fork.mix_type, []).append((row, fork))
+                    else:
                         listener.on_audio(r_out[row], w_out[row])
+            for mix_type, targets in by_mix.items():
+                sel = np.fromiter((row for row, _ in targets), dtype=np.intp, count=len(targets))
+                frames = mix(mix_type, r_out[sel], w_out[sel]).astype("<i2", copy=False)
+                for k, (_, listener) in enumerate(targets):
+                    listener.on_frame(frames[k].tobytes())
 
 
 @dataclass

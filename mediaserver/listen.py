@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dsp.mix import MixType, mix
+from dsp.mix import MixType
 from dsp.resample import Resampler, to_int16
 from dsp.silence import SilenceExpiry
 from dsp.tones import beep
@@ -137,7 +137,7 @@ class _Mark:
 
 @dataclass
 class _ForkSink:
-    """The engine listener: one tick of read/write audio -> one binary frame."""
+    """The engine's FrameListener for one fork: each tick's mixed frame -> one message."""
 
     sample_rate: int
     mix_type: MixType
@@ -147,12 +147,11 @@ class _ForkSink:
     ticks: int = 0
     active: bool = True
 
-    def on_audio(self, read: NDArray[np.int16], write: NDArray[np.int16]) -> None:
+    def on_frame(self, data: bytes) -> None:
         if not self.active:
             return
         self.ticks += 1
-        frame = mix(self.mix_type, read[None, :], write[None, :])[0]
-        self.fork.send_audio(frame.astype("<i2", copy=False).tobytes())
+        self.fork.send_audio(data)
         if self.max_ticks is not None and self.ticks >= self.max_ticks and self.on_max_length:
             self.on_max_length()
 
