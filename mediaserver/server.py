@@ -174,16 +174,27 @@ class SipServer(asyncio.DatagramProtocol):
         self._pump()
         outcome = await answered
         assert isinstance(outcome, OutgoingCallAnswered | OutgoingCallFailed)
+        if isinstance(outcome, OutgoingCallFailed):
+            self._outgoing_ended.pop(handle, None)  # over already: nobody will wait for it
         return handle, outcome
+
+    def outgoing_ended(self, handle: CallHandle) -> asyncio.Future[CallEnded]:
+        """Resolves when the answered outgoing call ``handle`` ends, whichever side ends it.
+
+        Call this or ``end_outgoing`` once per answered call: the end is kept until then.
+        """
+        ended = self._outgoing_ended[handle]
+        ended.add_done_callback(lambda _: self._outgoing_ended.pop(handle, None))
+        return asyncio.shield(ended)
 
     async def end_outgoing(self, handle: CallHandle, timeout: float = 10.0) -> CallEnded:
         """Hang up an outgoing call (BYE, or CANCEL before answer); wait for the end."""
         assert self.endpoint is not None
-        ended = self._outgoing_ended[handle]
+        ended = self.outgoing_ended(handle)
         if not ended.done():
             self.endpoint.hangup(handle)
             self._pump()
-        return await asyncio.wait_for(asyncio.shield(ended), timeout)
+        return await asyncio.wait_for(ended, timeout)
 
     def _outgoing_event(self, handle: CallHandle, event: SipEvent) -> None:
         answered = self._outgoing.get(handle)
@@ -201,7 +212,7 @@ class SipServer(asyncio.DatagramProtocol):
 
     def _finish_outgoing(self, handle: CallHandle, event: CallEnded) -> None:
         self._outgoing.pop(handle, None)
-        ended = self._outgoing_ended.pop(handle, None)
+        ended = self._outgoing_ended.get(handle)  # kept until outgoing_ended() collects it
         if ended is not None and not ended.done():
             ended.set_result(event)
 
