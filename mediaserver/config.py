@@ -16,6 +16,8 @@ from typing import Any
 
 __all__ = ["ConfigError", "ServerConfig", "load_config", "parse_host_port", "parse_port_range"]
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 _CODECS = ("PCMU", "PCMA", "G722", "opus", "L16")
 
 
@@ -29,6 +31,8 @@ class ServerConfig:
     sip_host: str = "127.0.0.1"  # address to bind and to advertise in Via/Contact
     sip_port: int = 5060
     user_agent: str = "jambonz-mediaserver-emulator"
+    # CIDRs whose requests are served; others get 403 Forbidden. Empty = everyone.
+    allowed_sources: tuple[str, ...] = ()
     # [rtp]
     rtp_host: str = ""  # address for RTP sockets and SDP c=; empty = same as sip_host
     rtp_port_low: int = 40000
@@ -45,9 +49,14 @@ class ServerConfig:
     app_timeout: float = 5.0  # seconds to wait for an app URL
     account_sid: str = ""
     application_sid: str = ""
+    drain_seconds: float = 10.0  # on SIGTERM: how long calls get to end cleanly
     # [listen]
     listen_buffer: float = 3.0  # seconds of audio a fork buffers for a slow receiver
     tls_verify: bool = True  # verify wss:// certificates (false: lab self-signed certs)
+    # [admin]
+    admin_enabled: bool = True  # HTTP /health, /metrics, /calls
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081  # 0 = any free port (logged in admin.listening)
     # [log]
     log_level: str = "INFO"
     # [debug]
@@ -57,9 +66,19 @@ class ServerConfig:
     def rtp_address(self) -> str:
         return self.rtp_host or self.sip_host
 
+    @property
+    def allowed_networks(self) -> tuple[IPNetwork, ...]:
+        """``allowed_sources`` parsed (validated by ``load_config``)."""
+        return tuple(ipaddress.ip_network(s) for s in self.allowed_sources)
+
 
 _SECTIONS: dict[str, dict[str, str]] = {
-    "sip": {"host": "sip_host", "port": "sip_port", "user_agent": "user_agent"},
+    "sip": {
+        "host": "sip_host",
+        "port": "sip_port",
+        "user_agent": "user_agent",
+        "allowed_sources": "allowed_sources",
+    },
     "rtp": {
         "host": "rtp_host",
         "port_low": "rtp_port_low",
@@ -74,8 +93,10 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "app_timeout": "app_timeout",
         "account_sid": "account_sid",
         "application_sid": "application_sid",
+        "drain_seconds": "drain_seconds",
     },
     "listen": {"buffer_seconds": "listen_buffer", "tls_verify": "tls_verify"},
+    "admin": {"enabled": "admin_enabled", "host": "admin_host", "port": "admin_port"},
     "log": {"level": "log_level"},
     "debug": {"dump_dir": "dump_dir"},
 }
@@ -147,6 +168,13 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
     _check_host(cfg.sip_host, "[sip] host")
     if cfg.rtp_host:
         _check_host(cfg.rtp_host, "[rtp] host")
+    for source in cfg.allowed_sources:
+        try:
+            ipaddress.ip_network(source)
+        except ValueError as exc:
+            raise ConfigError(
+                f"[sip] allowed_sources: {source!r} is not a CIDR like 10.0.0.0/8 ({exc})"
+            ) from None
     if not 0 < cfg.sip_port < 65536:
         raise ConfigError(f"[sip] port: must be 1..65535, got {cfg.sip_port}")
     if not 1024 <= cfg.rtp_port_low <= cfg.rtp_port_high < 65536:
@@ -169,6 +197,13 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError(f"[calls] max_calls: must be >= 1, got {cfg.max_calls}")
     if cfg.app_timeout <= 0:
         raise ConfigError(f"[calls] app_timeout: must be > 0, got {cfg.app_timeout}")
+    if not 0 <= cfg.drain_seconds <= 3600:
+        raise ConfigError(f"[calls] drain_seconds: must be 0..3600, got {cfg.drain_seconds}")
+    _check_host(cfg.admin_host, "[admin] host")
+    if not 0 <= cfg.admin_port < 65536:
+        raise ConfigError(
+            f"[admin] port: must be 0..65535 (0 = any free port), got {cfg.admin_port}"
+        )
     if not 0.1 <= cfg.listen_buffer <= 60:
         raise ConfigError(f"[listen] buffer_seconds: must be 0.1..60, got {cfg.listen_buffer}")
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

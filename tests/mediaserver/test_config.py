@@ -42,6 +42,13 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
         ('[sip]\nhost = "example"\n', "[sip] host: need an IP address"),
         ('[log]\nlevel = "LOUD"\n', "[log] level"),
         ("not toml [", "not valid TOML"),
+        ('[sip]\nallowed_sources = ["10.0.0.0/33"]\n', "[sip] allowed_sources: '10.0.0.0/33'"),
+        ('[sip]\nallowed_sources = ["10.0.0.1/8"]\n', "[sip] allowed_sources: '10.0.0.1/8'"),
+        ('[sip]\nallowed_sources = "10.0.0.0/8"\n', "[sip] allowed_sources: must be a list"),
+        ("[calls]\ndrain_seconds = -1\n", "[calls] drain_seconds: must be 0..3600"),
+        ("[admin]\nport = 70000\n", "[admin] port: must be 0..65535"),
+        ('[admin]\nhost = "admin.lan"\n', "[admin] host: need an IP address"),
+        ('[admin]\nenabled = "yes"\n', "[admin] enabled: must be true or false"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, toml: str, message: str) -> None:
@@ -61,3 +68,23 @@ def test_host_port_and_range_parsing() -> None:
         parse_port_range("40000")
     with pytest.raises(ConfigError, match="--config: no such file"):
         load_config("/nonexistent.toml")
+
+
+def test_operations_options(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(
+        '[sip]\nallowed_sources = ["127.0.0.0/8", "::1/128", "192.168.1.7"]\n'
+        '[calls]\ndrain_seconds = 2.5\n[admin]\nenabled = false\nhost = "::1"\nport = 0\n'
+    )
+    cfg = load_config(path)
+    assert (cfg.admin_enabled, cfg.admin_host, cfg.admin_port) == (False, "::1", 0)
+    assert cfg.drain_seconds == 2.5
+    nets = cfg.allowed_networks
+    assert [str(n) for n in nets] == ["127.0.0.0/8", "::1/128", "192.168.1.7/32"]
+    defaults = ServerConfig()  # allow everyone, admin on loopback:8081, 10 s to drain
+    assert (defaults.allowed_networks, defaults.admin_host, defaults.admin_port) == (
+        (),
+        "127.0.0.1",
+        8081,
+    )
+    assert defaults.drain_seconds == 10.0
