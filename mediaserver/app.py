@@ -20,7 +20,7 @@ import aiohttp
 
 __all__ = ["AppError", "Application", "Verb", "camel_to_snake", "parse_verbs", "snake_case"]
 
-SUPPORTED_VERBS = ("hangup", "listen", "pause", "stream")
+SUPPORTED_VERBS = ("dial", "hangup", "listen", "pause", "stream")
 
 
 class AppError(ValueError):

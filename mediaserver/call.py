@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mediaserver.app import AppError, Application, Verb, parse_verbs, snake_case
+from mediaserver.dial import DialError, DialRun, DialSignalling, parse_dial
 from mediaserver.dump import CallDump
 from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
 from mediaserver.hooks import safe_url, send_hook
 from mediaserver.listen import ListenResult, ListenRun
-from mediaserver.listen_options import Hook, ListenError, parse_hook, parse_listen
+from mediaserver.listen_options import Hook, ListenError, ListenOptions, parse_hook, parse_listen
 from mediaserver.logs import call_logger
 from mediaserver.rtp_socket import PortPool, RtpSocket
 from rtp.sdp import NegotiatedMedia, SessionDescription
-from rtp.sip.address import SipUri
+from rtp.sip.address import SipUri, format_host
 from rtp.sip.errors import SipRemoteError
 from rtp.sip.events import CallHandle
 from rtp.sip.message import SipRequest
@@ -244,6 +245,9 @@ class Call:
         if verb.name in ("listen", "stream"):
             await self._listen(verb)
             return self.end_reason is None
+        if verb.name == "dial":
+            await self._dial(verb)
+            return self.end_reason is None
         self.log.error("verb.unknown", verb=verb.name, index=verb.index)  # parse_verbs forbids
         return True
 
@@ -258,10 +262,7 @@ class Call:
             # A bad verb never leaves the call hanging: say which field, tell the
             # actionHook if there is a usable one, and go on with the next verb.
             self.log.error("verb.invalid", verb=verb.name, index=verb.index, error=str(exc))
-            try:
-                hook = parse_hook(verb.data.get("actionHook"), self.app_url)
-            except ListenError:
-                hook = None
+            hook = _hook_or_none(verb.data.get("actionHook"), self.app_url)
             if hook is not None:
                 result = ListenResult("error", error=f"{verb.name}: {exc}")
                 await self._action_hook(hook, result.hook_fields(), replace_verbs=True)
@@ -283,6 +284,65 @@ class Call:
             await self._action_hook(
                 options.action_hook, result.hook_fields(), replace_verbs=self.end_reason is None
             )
+
+    async def _dial(self, verb: Verb) -> None:
+        try:
+            options = parse_dial(verb.data, self.app_url)
+        except DialError as exc:
+            self.log.error("verb.invalid", verb="dial", index=verb.index, error=str(exc))
+            hook = _hook_or_none(verb.data.get("actionHook"), self.app_url)
+            if hook is not None:
+                fields = {"dial_call_status": "failed", "reason": "error", "error": f"dial: {exc}"}
+                await self._action_hook(hook, fields, replace_verbs=True)
+            return
+        signalling = self.signalling
+        if not isinstance(signalling, DialSignalling) or self.ports is None or self.leg is None:
+            self.log.error("verb.unsupported", verb="dial", why="dial needs serve (a SIP stack)")
+            if options.action_hook is not None:
+                why = "dial: not available without SIP (mediaserver call)"
+                fields = {"dial_call_status": "failed", "reason": "error", "error": why}
+                await self._action_hook(options.action_hook, fields, replace_verbs=True)
+            return
+        config = signalling.config
+        run = DialRun(
+            options=options,
+            a_leg=self.leg,
+            attributes=self.attributes,
+            signalling=signalling,
+            ports=self.ports,
+            media_engine=self.engine,
+            clock=self.clock,
+            local_address=config.rtp_address,
+            from_host=format_host(config.sip_host) + f":{config.sip_port}",
+            log=self.log,
+            start_listen=self._nested_listen,
+        )
+        result = await run.run()
+        self.log.info("dial.end", **result.hook_fields(), ended_by=result.ended_by)
+        if options.action_hook is not None:
+            await self._action_hook(
+                options.action_hook, result.hook_fields(), replace_verbs=self.end_reason is None
+            )
+        if result.ended_by == "callee" and self.end_reason is None:
+            # either side hanging up ends both legs
+            self.signalling.hangup(self)
+            self.end("dial-callee-hangup")
+
+    async def _nested_listen(self, options: ListenOptions, leg: Leg) -> None:
+        run = ListenRun(
+            options=options,
+            leg=leg,
+            engine=self.engine,
+            clock=self.clock,
+            attributes=self.attributes,
+            log=self.log,
+            buffer_seconds=self.listen_buffer,
+            verify_tls=self.verify_tls,
+        )
+        result = await run.run()
+        self.listen_results.append(result)
+        if options.action_hook is not None:  # nested in dial: the response is ignored
+            await self._action_hook(options.action_hook, result.hook_fields(), replace_verbs=False)
 
     async def _action_hook(
         self, hook: Hook, fields: dict[str, Any], *, replace_verbs: bool
@@ -339,3 +399,11 @@ class Call:
                 }
             )
         self.done.set()
+
+
+def _hook_or_none(value: Any, app_url: str | None) -> Hook | None:
+    """The hook of a verb that failed validation, if the hook itself is usable."""
+    try:
+        return parse_hook(value, app_url)
+    except ListenError:
+        return None

@@ -51,6 +51,7 @@ __all__ = [
     "EngineClock",
     "FrameListener",
     "Leg",
+    "LegBridge",
     "LegListener",
     "LegStats",
     "MediaEngine",
@@ -113,6 +114,33 @@ class LegStats:
     dtmf_inband: int = 0
     frames_lost: int = 0  # frames concealed after packet loss
     packets_sent: int = 0
+
+
+class LegBridge:
+    """A ``PcmSource`` that is what another leg's far end says (a bridged call).
+
+    It reads the other leg's latest decoded frame (at most one tick old: the
+    engine processes codec groups in turn) and resamples it when the two legs
+    run at different rates, e.g. a G.722 caller bridged to a PCMU callee.
+    """
+
+    def __init__(self, source: Leg, rate: int) -> None:
+        self.source = source
+        self.rate = rate
+        self._rs = Resampler(1, source.sample_rate, rate) if source.sample_rate != rate else None
+
+    def read(self, n: int) -> NDArray[np.int16]:
+        frame = self.source.last_read
+        if frame is None:
+            return np.zeros(n, np.int16)
+        if self._rs is not None:
+            frame = self._rs.process_int16(frame[None, :])[0]
+        if frame.shape[0] != n:
+            out = np.zeros(n, np.int16)
+            m = min(n, frame.shape[0])
+            out[:m] = frame[:m]
+            return out
+        return frame
 
 
 class Playback:
@@ -205,6 +233,7 @@ class Leg:
         # the other party when bridged (the B leg of dial, the callee of a simulated
         # call). ``read(n)`` returns n samples at the leg's rate.
         self.heard: PcmSource | None = None
+        self.last_read: NDArray[np.int16] | None = None  # the latest decoded frame
         self.stats = LegStats()
         self.last_packet_at: float | None = None
         self.slot = -1
@@ -552,6 +581,8 @@ class MediaEngine:
             for i in np.flatnonzero(lost).tolist():
                 legs[i].stats.frames_lost += 1
         read = self._concealer(frame).process(read, lost, slots)
+        for leg, row in zip(legs, read, strict=True):
+            leg.last_read = row  # what a bridged peer hears next (LegBridge)
 
         # 2. in-band DTMF, one detector call for the legs that want it
         inband = np.fromiter((leg.inband_dtmf for leg in legs), dtype=np.bool_, count=n)

@@ -86,7 +86,20 @@ class RtpSocket(asyncio.DatagramProtocol):
         media_now: Callable[[], float],
     ) -> RtpSocket:
         sock = pool.take()
-        port = sock.getsockname()[1]
+        return await cls.adopt(sock, int(sock.getsockname()[1]), pool, leg, remote, media_now)
+
+    @classmethod
+    async def adopt(
+        cls,
+        sock: socket.socket,
+        port: int,
+        pool: PortPool,
+        leg: Leg,
+        remote: tuple[str, int] | None,
+        media_now: Callable[[], float],
+    ) -> RtpSocket:
+        """Serve ``leg`` on a socket already taken from ``pool`` (bound before the
+        SDP offer went out, attached once the answer says which codec)."""
         loop = asyncio.get_running_loop()
         try:
             _, proto = await loop.create_datagram_endpoint(

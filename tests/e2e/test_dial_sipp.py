@@ -1,0 +1,115 @@
+"""dial: serve bridges a caller to SIPp as the callee, with a nested stereo listen."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from dsp.tones import tone
+from mediaserver.receiver import Receiver
+from tests.e2e.harness import SIPP, SIPP_SHARE, Server, free_port_range, free_udp_port
+from tests.e2e.phone import call_serve
+from tests.e2e.test_listen_sipp import best_correlation
+from tests.e2e.test_serve_sipp import capture_audio
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+@pytest.fixture
+async def hooks() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append({"path": request.path, **(await request.json())})
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    await runner.cleanup()
+
+
+def start_callee(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+    assert SIPP is not None, "SIPp missing: scripts/test.sh installs Debian's sip-tester"
+    link = tmp_path / "pcap"
+    if not link.exists():
+        link.symlink_to(SIPP_SHARE)
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [SIPP, "-sf", str(SCENARIOS / "callee_pcap.xml"), "-i", "127.0.0.1", "-p", str(port),
+         "-mp", str(free_port_range(4)[0]), "-m", "1", "-nostdin", "-timeout", "40s",
+         "-trace_err"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    return proc, port
+
+
+async def test_dial_bridges_both_ways_and_the_fork_has_each_party_on_its_channel(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    callee, callee_port = start_callee(tmp_path)
+    try:
+        async with Receiver(tmp_path / "rx") as rx:
+            app = [{"verb": "dial", "target": [{"type": "sip",
+                                               "sipUri": f"sip:bob@127.0.0.1:{callee_port}"}],
+                    "actionHook": f"{base}/dial-done",
+                    "listen": {"url": rx.url, "mixType": "stereo",
+                               "actionHook": f"{base}/listen-done"}}]  # fmt: skip
+            with Server(tmp_path, app) as server:
+                caller_audio = tone(600.0, 9.0, -10.0)
+                phone = await asyncio.to_thread(
+                    call_serve, "127.0.0.1", server.sip_port, caller_audio, seconds=8.5
+                )
+                (fork,) = await rx.wait_for_calls(1, timeout=15)
+                for _ in range(200):  # the hooks come after the B leg's BYE completes
+                    if {p["path"] for p in seen} >= {"/dial-done", "/listen-done"}:
+                        break
+                    await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(callee.wait, 15) == 0  # the callee got our BYE
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert phone.answered
+    # what the caller heard through the bridge: the callee's capture
+    from dsp.g711 import ulaw_decode
+
+    heard = ulaw_decode(np.frombuffer(b"".join(p.payload for p in phone.received), np.uint8))
+    assert best_correlation(heard, capture_audio()) >= 0.9
+    # the nested stereo fork: left = caller (600 Hz), right = callee (the capture)
+    left = fork.audio[4000:40000, 0].astype(np.float64)
+    peak = np.argmax(np.abs(np.fft.rfft(left))) * 8000 / left.size
+    assert abs(peak - 600) < 3
+    assert best_correlation(fork.audio[:, 1], capture_audio()) >= 0.9
+    assert fork.close_code == 1000
+    by_path = {p["path"]: p for p in seen}
+    assert by_path["/dial-done"]["dial_call_status"] == "completed"
+    assert by_path["/dial-done"]["dial_call_duration"] >= 6
+    assert by_path["/listen-done"]["reason"] == "hangup"
+
+
+async def test_dial_to_nobody_reports_no_answer(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    app = [{"verb": "dial", "timeout": 1.5,
+            "target": [{"type": "sip", "sipUri": f"sip:nobody@127.0.0.1:{free_udp_port()}"}],
+            "actionHook": f"{base}/dial-done"}, {"verb": "pause", "length": 0.5}]  # fmt: skip
+    with Server(tmp_path, app) as server:
+        phone = await asyncio.to_thread(
+            call_serve, "127.0.0.1", server.sip_port, None, seconds=6, hang_up=True
+        )
+        server.wait_for("call.end")
+    assert phone.answered and phone.bye_from_server  # the app went on, then hung up
+    (payload,) = seen
+    assert (payload["dial_call_status"], payload["dial_sip_status"]) == ("no-answer", 408)
