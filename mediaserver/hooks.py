@@ -4,7 +4,8 @@ Owns sending one hook: method, basic auth, time limit, and reading a verb
 array back from the response when there is one. Failures (refused, timeout,
 non-2xx, invalid JSON) are returned as a ``HookResult`` with the reason and
 logged; they are never raised into the call. Credentials and Authorization
-headers are never logged.
+headers are never logged. ``hook_observer`` (a context variable ``serve``
+sets in each call's task) is told every result, for its metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +23,7 @@ import aiohttp
 
 from mediaserver.listen_options import Hook
 
-__all__ = ["HookResult", "safe_url", "send_hook"]
+__all__ = ["HookResult", "hook_observer", "safe_url", "send_hook"]
 
 
 def safe_url(url: str) -> str:
@@ -38,6 +41,12 @@ class HookResult:
     body: Any = None  # parsed JSON body, if any
     error: str | None = None
     seconds: float = 0.0
+
+
+# Who is told how each hook went (serve's /metrics); per task, so servers don't mix.
+hook_observer: ContextVar[Callable[[HookResult], None] | None] = ContextVar(
+    "hook_observer", default=None
+)
 
 
 async def send_hook(
@@ -91,4 +100,7 @@ async def send_hook(
             error=result.error,
             ms=round(result.seconds * 1000, 1),
         )
+    observe = hook_observer.get()
+    if observe is not None:
+        observe(result)
     return result
