@@ -1,28 +1,39 @@
 """``mediaserver serve``: the SIP front door and the process that runs calls.
 
 Owns the asyncio side of SIP: one UDP socket pumping datagrams into the
-sans-I/O ``SipEndpoint`` and its datagrams and timers back out; turning SIP
+sans-I/O ``SipEndpoint`` and its datagrams and timers back out; the
+allowed-source list (a request from outside ``[sip] allowed_sources`` is
+answered 403 here, statelessly, before the endpoint sees it); turning SIP
 events into calls (limits, SDP offer/answer, 488/503/500 refusals); the
-RTP-timeout watchdog; and the process lifetime (engine clock, signals,
-hanging up every call on shutdown).
+RTP-timeout watchdog; and the process lifetime: engine clock, the admin
+endpoint (``mediaserver.admin``), signals, and the graceful drain on
+SIGTERM/SIGINT (503 to new INVITEs, BYE to every call, its forks closed with
+1000 and its actionHooks posted, within ``[calls] drain_seconds``).
 
-It must not parse SIP or SDP by hand, nor touch media samples.
+It must not parse SIP or SDP by hand beyond what a stateless 403 needs, nor
+touch media samples.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import hashlib
+import ipaddress
 import signal
 import uuid
 from pathlib import Path
 from typing import cast
 
+from mediaserver.admin import AdminEndpoint
 from mediaserver.app import AppError, Application
 from mediaserver.call import Call, call_attributes
 from mediaserver.config import ServerConfig
 from mediaserver.engine import EngineClock, MediaEngine
+from mediaserver.hooks import hook_observer
 from mediaserver.logs import get_logger
+from mediaserver.metrics import ServerMetrics
 from mediaserver.rtp_socket import PortPool, PortsExhausted
 from rtp.sdp import (
     Answer,
@@ -31,7 +42,9 @@ from rtp.sdp import (
     SessionDescription,
     negotiate,
 )
+from rtp.sip.address import split_header_list
 from rtp.sip.endpoint import SipEndpoint
+from rtp.sip.errors import SipRemoteError
 from rtp.sip.events import (
     CallAcked,
     CallCancelled,
@@ -45,8 +58,11 @@ from rtp.sip.events import (
     RemoteError,
     SipEvent,
 )
+from rtp.sip.message import SipRequest, build_response, parse_message
 
 __all__ = ["SipServer", "run_server"]
+
+_SOURCE_CACHE = 4096  # allowed/forbidden verdicts remembered per source address
 
 
 class SipServer(asyncio.DatagramProtocol):
@@ -63,6 +79,12 @@ class SipServer(asyncio.DatagramProtocol):
         self.calls_total: dict[str, int] = {}
         self.accepting = True
         self.endpoint: SipEndpoint | None = None
+        self.metrics = ServerMetrics(self)
+        self.admin_url: str | None = None  # set by run_server when the admin endpoint is up
+        self.forbidden = 0  # messages from outside allowed_sources (403 or dropped)
+        self._allowed = config.allowed_networks
+        self._verdicts: dict[str, bool] = {}
+        self._call_tasks: set[asyncio.Task[None]] = set()
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,19 +113,58 @@ class SipServer(asyncio.DatagramProtocol):
             rtp_ports=f"{self.config.rtp_port_low}-{self.config.rtp_port_high}",
             app=self.config.app or None,
             max_calls=self.config.max_calls,
+            allowed_sources=list(self.config.allowed_sources) or "all",
+            admin=self.admin_url,
         )
 
-    async def stop(self, drain: float = 5.0) -> None:
-        """Refuse new calls, hang up the live ones, wait for them to end."""
+    async def stop(
+        self, drain: float | None = None, *, interrupt: asyncio.Event | None = None
+    ) -> None:
+        """Drain, then close: refuse new calls and end the live ones cleanly.
+
+        New INVITEs get 503 (and ``/health`` says draining). Each live call is
+        ended with reason ``shutdown``: answered calls get a BYE, unanswered
+        ones a 503; cancelling its task closes its listen forks with 1000 and
+        posts their actionHooks. Waits for every call task (also of calls that
+        ended just before) and for the BYEs to be answered, at most ``drain``
+        seconds (default ``[calls] drain_seconds``) or until ``interrupt`` is
+        set; whatever is left then is cancelled (1 s more at most).
+        """
+        loop = asyncio.get_running_loop()
+        drain = self.config.drain_seconds if drain is None else drain
+        started = loop.time()
         self.accepting = False
-        for call in list(self.calls.values()):
-            if call.answered_at is not None:
+        calls = list(self.calls.values())
+        self.log.info("serve.draining", calls=len(calls), drain_seconds=drain)
+        for call in calls:
+            if call.end_reason is not None:  # ending already: its task is awaited below
+                continue
+            answered = call.answered_at is not None
+            call.end("shutdown")  # first: reject() reports the end synchronously
+            if answered:
                 self.hangup(call)
             else:
                 self.reject(call, 503, "Service Unavailable")
-            call.end("shutdown")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._quiet(), drain)
+        while not self._drained() and loop.time() - started < drain:
+            if interrupt is not None and interrupt.is_set():
+                break
+            await asyncio.sleep(0.02)
+        left = [task for task in self._call_tasks if not task.done()]
+        sip_calls = self.endpoint.call_count if self.endpoint is not None else 0
+        if left or sip_calls:
+            self.log.warning(
+                "serve.drain_incomplete",
+                call_tasks=len(left),
+                sip_calls=sip_calls,
+                seconds=round(loop.time() - started, 3),
+                interrupted=interrupt is not None and interrupt.is_set(),
+            )
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=1.0)
+        else:
+            self.log.info("serve.drained", seconds=round(loop.time() - started, 3))
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._timer is not None:
@@ -111,12 +172,11 @@ class SipServer(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
 
-    async def _quiet(self) -> None:
-        """Until the endpoint has no call or transaction left (BYEs answered)."""
-        while self.endpoint is not None and (
-            self.endpoint.call_count or self.endpoint.transaction_count
-        ):
-            await asyncio.sleep(0.05)
+    def _drained(self) -> bool:
+        """No call task left and no SIP call left (every BYE answered or given up)."""
+        if any(not task.done() for task in self._call_tasks):
+            return False
+        return self.endpoint is None or self.endpoint.call_count == 0
 
     # -- datagram plumbing ---------------------------------------------------------
 
@@ -126,8 +186,79 @@ class SipServer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         assert self.endpoint is not None and self._loop is not None
-        self.endpoint.receive_datagram(data, (str(addr[0]), int(addr[1])), self._loop.time())
+        source = (str(addr[0]), int(addr[1]))
+        if self._allowed and not self._source_allowed(source[0]) and not self._admit(data, source):
+            return
+        self.endpoint.receive_datagram(data, source, self._loop.time())
         self._pump()
+
+    # -- allowed sources ---------------------------------------------------------------
+
+    def _source_allowed(self, host: str) -> bool:
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            try:
+                ip = ipaddress.ip_address(host.split("%", 1)[0])
+            except ValueError:
+                verdict = False
+            else:
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+                verdict = any(ip in net for net in self._allowed)
+            if not verdict:
+                self.log.warning("sip.forbidden_source", source=host)
+            if len(self._verdicts) >= _SOURCE_CACHE:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
+
+    def _admit(self, data: bytes, source: tuple[str, int]) -> bool:
+        """A datagram from a source outside ``allowed_sources``: let it through?
+
+        Responses, and requests inside a dialog (To tag), go to the endpoint:
+        they only match transactions and calls we already have (the callee
+        of a dial may be outside the list). Any other request is answered
+        403 Forbidden, statelessly (RFC 3261 §8.2.7: the To tag is derived
+        from the request, so a retransmission gets the same answer); ACKs and
+        unparseable datagrams are dropped.
+        """
+        assert self.endpoint is not None
+        try:
+            message = parse_message(data, limits=self.endpoint.limits)
+            if not isinstance(message, SipRequest) or message.to_addr.tag is not None:
+                return True
+            self.forbidden += 1
+            if message.method == "ACK":
+                return False
+            response, destination = self._forbidden_response(message, source)
+        except SipRemoteError:
+            self.forbidden += 1
+            return False
+        self.log.debug("sip.forbidden", source=f"{source[0]}:{source[1]}", method=message.method)
+        if message.method == "INVITE":
+            self._count("rejected-403")
+        if self._transport is not None:
+            self._transport.sendto(response, destination)
+        return False
+
+    def _forbidden_response(
+        self, request: SipRequest, source: tuple[str, int]
+    ) -> tuple[bytes, tuple[str, int]]:
+        """A 403 for ``request`` and where to send it (RFC 3261 §18.2.2, RFC 3581)."""
+        via = request.top_via
+        host, port = source
+        if via.wants_rport:
+            via, destination = via.with_params(received=host, rport=str(port)), source
+        else:
+            via = via.with_params(received=host)
+            destination = (host, via.port if via.port is not None else 5060)
+        vias = split_header_list(request.headers.get("Via") or "")
+        request.headers.replace_first("Via", ", ".join([str(via), *vias[1:]]))
+        seed = f"{request.call_id} {via.branch} {request.from_addr.tag}".encode()
+        tag = hashlib.blake2s(seed, digest_size=8).hexdigest()
+        response = build_response(request, 403, "Forbidden", to_tag=tag)
+        response.headers.add("Server", self.config.user_agent)
+        return bytes(response), destination
 
     def error_received(self, exc: Exception) -> None:
         self.log.debug("sip.socket_error", error=str(exc))
@@ -239,6 +370,13 @@ class SipServer(asyncio.DatagramProtocol):
     def _count(self, result: str) -> None:
         self.calls_total[result] = self.calls_total.get(result, 0) + 1
 
+    def _forget(self, handle: CallHandle) -> Call | None:
+        """Take the call off the live list (once); its totals go to the metrics."""
+        call = self.calls.pop(handle, None)
+        if call is not None:
+            self.metrics.call_forgotten(call)
+        return call
+
     def _on_event(self, event: SipEvent) -> None:
         handle = getattr(event, "call", None)
         if isinstance(handle, CallHandle) and handle.direction == "outbound":
@@ -249,12 +387,12 @@ class SipServer(asyncio.DatagramProtocol):
         elif isinstance(event, CallReinvited):
             self._reinvite(event)
         elif isinstance(event, CallCancelled):
-            call = self.calls.pop(event.call, None)
+            call = self._forget(event.call)
             if call is not None:
                 call.end("cancel")
                 self._count(call.end_reason or "cancel")
         elif isinstance(event, CallEnded):
-            call = self.calls.pop(event.call, None)
+            call = self._forget(event.call)
             if call is not None:
                 call.end("hangup" if event.by == "remote" else call.end_reason or event.reason)
                 self._count(call.end_reason or "hangup")
@@ -330,7 +468,13 @@ class SipServer(asyncio.DatagramProtocol):
         )
         self.calls[handle] = call
         assert self._loop is not None
-        call.task = self._loop.create_task(self._start_call(call, event.request.body))
+        context = contextvars.copy_context()  # this server's metrics hear the call's hooks
+        context.run(hook_observer.set, self.metrics.observe_hook)
+        call.task = self._loop.create_task(
+            self._start_call(call, event.request.body), context=context
+        )
+        self._call_tasks.add(call.task)
+        call.task.add_done_callback(self._call_tasks.discard)
 
     async def _start_call(self, call: Call, offer: bytes) -> None:
         try:
@@ -353,7 +497,7 @@ class SipServer(asyncio.DatagramProtocol):
                 call.end("error")
         finally:
             if call.end_reason is not None and call.handle is not None:
-                self.calls.pop(call.handle, None)
+                self._forget(call.handle)
 
     def _reinvite(self, event: CallReinvited) -> None:
         assert self.endpoint is not None
@@ -391,38 +535,52 @@ class SipServer(asyncio.DatagramProtocol):
 
 
 async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None) -> int:
-    """Run ``serve`` until SIGINT/SIGTERM; return the exit status."""
+    """Run ``serve`` until SIGINT/SIGTERM, drain, and return the exit status.
+
+    The first signal starts the drain (``SipServer.stop``); a second one
+    cuts it short. The admin endpoint stays up during the drain, so
+    ``/health`` answers 503 until the process exits.
+    """
+    log = get_logger("serve")
     engine = MediaEngine(capacity=max(2, config.max_calls * 2))
     engine.warm_up()
     clock = EngineClock(engine)
     try:
         server = SipServer(config, engine, clock)
     except AppError as exc:
-        get_logger("serve").error("serve.bad_app", error=str(exc))
+        log.error("serve.bad_app", error=str(exc))
         return 2
+    stop, interrupt = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        log.info("serve.signal", signal=sig.name, draining=stop.is_set())
+        (interrupt if stop.is_set() else stop).set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
     clock.start()
+    admin = await _start_admin(server) if config.admin_enabled else None
     try:
         await server.start()
     except OSError as exc:
-        get_logger("serve").error(
-            "serve.bind_failed", sip=f"{config.sip_host}:{config.sip_port}", error=str(exc)
-        )
+        log.error("serve.bind_failed", sip=f"{config.sip_host}:{config.sip_port}", error=str(exc))
         clock.stop()
+        if admin is not None:
+            await admin.stop()
         return 2
     if ready is not None:
         ready.set()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        await server.stop()
+        await server.stop(interrupt=interrupt)
+        if admin is not None:
+            await admin.stop()
         clock.stop()
         await asyncio.sleep(0)  # let cancelled call tasks finish
-        get_logger("serve").info(
+        log.info(
             "serve.stopped",
             calls=server.calls_total,
             live_calls=len(server.calls),
@@ -434,3 +592,21 @@ async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None
             max_tick_ms=round(clock.stats.max_tick_ms, 3),
         )
     return 0
+
+
+async def _start_admin(server: SipServer) -> AdminEndpoint | None:
+    """The admin endpoint, or ``None`` (logged) when its address cannot be bound:
+    calls matter more than metrics, so ``serve`` runs on without it."""
+    config = server.config
+    admin = AdminEndpoint(server, config.admin_host, config.admin_port)
+    log = get_logger("admin")
+    try:
+        await admin.start()
+    except OSError as exc:
+        log.error(
+            "admin.bind_failed", admin=f"{config.admin_host}:{config.admin_port}", error=str(exc)
+        )
+        return None
+    server.admin_url = admin.url
+    log.info("admin.listening", url=admin.url, host=admin.host, port=admin.port)
+    return admin
