@@ -39,14 +39,16 @@ async def hooks() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-def start_callee(tmp_path: Path) -> tuple[subprocess.Popen[str], int]:
+def start_callee(
+    tmp_path: Path, scenario: str = "callee_pcap.xml"
+) -> tuple[subprocess.Popen[str], int]:
     assert SIPP is not None, "SIPp missing: scripts/test.sh installs Debian's sip-tester"
     link = tmp_path / "pcap"
     if not link.exists():
         link.symlink_to(SIPP_SHARE)
     port = free_udp_port()
     proc = subprocess.Popen(
-        [SIPP, "-sf", str(SCENARIOS / "callee_pcap.xml"), "-i", "127.0.0.1", "-p", str(port),
+        [SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
          "-mp", str(free_port_range(4)[0]), "-m", "1", "-nostdin", "-timeout", "40s",
          "-trace_err"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -113,3 +115,31 @@ async def test_dial_to_nobody_reports_no_answer(
     assert phone.answered and phone.bye_from_server  # the app went on, then hung up
     (payload,) = seen
     assert (payload["dial_call_status"], payload["dial_sip_status"]) == ("no-answer", 408)
+
+
+async def test_callee_hanging_up_ends_the_caller_too(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    callee, port = start_callee(tmp_path, "callee_bye.xml")
+    try:
+        app = [{"verb": "dial", "target": [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}],
+                "actionHook": f"{base}/dial-done"}, {"verb": "pause", "length": 30}]  # fmt: skip
+        with Server(tmp_path, app) as server:
+            phone = await asyncio.to_thread(
+                call_serve, "127.0.0.1", server.sip_port, tone(600.0, 10.0, -10.0), seconds=10
+            )
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            end = server.wait_for("call.end")[0]
+        assert await asyncio.to_thread(callee.wait, 15) == 0
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert phone.bye_from_server  # the callee's BYE ended the caller's leg as well
+    assert end["reason"] == "dial-callee-hangup"  # the app's pause did not keep it up
+    (payload,) = seen
+    assert payload["dial_call_status"] == "completed"
+    assert 2 <= payload["dial_call_duration"] <= 4
