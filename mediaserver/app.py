@@ -20,7 +20,7 @@ import aiohttp
 
 __all__ = ["AppError", "Application", "Verb", "camel_to_snake", "parse_verbs", "snake_case"]
 
-SUPPORTED_VERBS = ("dial", "hangup", "listen", "pause", "stream")
+SUPPORTED_VERBS = ("config", "dial", "hangup", "listen", "pause", "play", "stream")
 
 
 class AppError(ValueError):
@@ -50,6 +50,18 @@ def _number(verb: Verb, key: str, *, minimum: float = 0.0, required: bool = Fals
 def _validate(verb: Verb) -> None:
     if verb.name == "pause":
         _number(verb, "length", required=True)
+    elif verb.name == "play":
+        url = verb.data.get("url")
+        urls = url if isinstance(url, list) else [url]
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise AppError(f"{verb.describe()}: url must be a URL/path or a list of them")
+        loop = verb.data.get("loop", 1)
+        if loop != "forever" and (isinstance(loop, bool) or not isinstance(loop, int) or loop < 1):
+            raise AppError(f'{verb.describe()}: loop must be a count >= 1 or "forever"')
+    elif verb.name == "config":
+        listen = verb.data.get("listen")
+        if listen is not None and not isinstance(listen, dict):
+            raise AppError(f"{verb.describe()}: listen must be an object")
     elif verb.name == "hangup":
         headers = verb.data.get("headers", {})
         if not isinstance(headers, dict):

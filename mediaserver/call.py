@@ -17,6 +17,7 @@ import asyncio
 import uuid
 from collections import deque
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from mediaserver.hooks import safe_url, send_hook
 from mediaserver.listen import ListenResult, ListenRun
 from mediaserver.listen_options import Hook, ListenError, ListenOptions, parse_hook, parse_listen
 from mediaserver.logs import call_logger
+from mediaserver.play import PlayError, load_prompt
 from mediaserver.rtp_socket import PortPool, RtpSocket
 from rtp.sdp import NegotiatedMedia, SessionDescription
 from rtp.sip.address import SipUri, format_host
@@ -120,6 +122,8 @@ class Call:
         self.log = call_logger(self.call_sid, call_id=attributes.get("callId"))
         self.hook_payloads: list[dict[str, Any]] = []  # what this call's hooks were sent
         self.listen_results: list[ListenResult] = []
+        self.background_listen: ListenRun | None = None  # config's fork
+        self.background_tasks: list[asyncio.Task[None]] = []
         self.leg: Leg | None = None
         self.rtp: RtpSocket | None = None
         self.digits: list[DtmfKey] = []
@@ -248,6 +252,12 @@ class Call:
         if verb.name == "dial":
             await self._dial(verb)
             return self.end_reason is None
+        if verb.name == "play":
+            await self._play(verb)
+            return self.end_reason is None
+        if verb.name == "config":
+            self._config(verb)
+            return True
         self.log.error("verb.unknown", verb=verb.name, index=verb.index)  # parse_verbs forbids
         return True
 
@@ -328,6 +338,64 @@ class Call:
             self.signalling.hangup(self)
             self.end("dial-callee-hangup")
 
+    async def _play(self, verb: Verb) -> None:
+        """Play each URL/file ``loop`` times to the caller (``forever``: until hangup)."""
+        assert self.leg is not None
+        url = verb.data["url"]
+        urls = url if isinstance(url, list) else [url]
+        loop = verb.data.get("loop", 1)
+        played = 0
+        try:
+            prompts = [await load_prompt(u, self.leg.sample_rate) for u in urls]
+        except PlayError as exc:
+            self.log.error("play.failed", error=str(exc))
+            return
+        while loop == "forever" or played < loop:
+            for pcm in prompts:
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                self.leg.playback.enqueue(pcm, on_done=partial(_resolve, done))
+                await done
+            played += 1
+
+    def _config(self, verb: Verb) -> None:
+        """config with listen: a background fork for the rest of the call (or stop it)."""
+        listen = verb.data.get("listen")
+        if listen is None:
+            return
+        if listen.get("enable", True) is False:
+            if self.background_listen is not None:
+                self.background_listen.stop("stopped")
+            return
+        try:
+            options = parse_listen({k: v for k, v in listen.items() if k != "enable"},
+                                   self.app_url)  # fmt: skip
+        except ListenError as exc:
+            self.log.error("verb.invalid", verb="config", index=verb.index, error=f"listen.{exc}")
+            return
+        if self.background_listen is not None:
+            self.background_listen.stop("stopped")
+        assert self.leg is not None
+        run = ListenRun(
+            options=options,
+            leg=self.leg,
+            engine=self.engine,
+            clock=self.clock,
+            attributes=self.attributes,
+            log=self.log,
+            buffer_seconds=self.listen_buffer,
+            verify_tls=self.verify_tls,
+        )
+        self.background_listen = run
+
+        async def background() -> None:
+            result = await run.run()
+            self.listen_results.append(result)
+            if options.action_hook is not None:
+                await self._action_hook(options.action_hook, result.hook_fields(),
+                                        replace_verbs=False)  # fmt: skip
+
+        self.background_tasks.append(asyncio.get_running_loop().create_task(background()))
+
     async def _nested_listen(self, options: ListenOptions, leg: Leg) -> None:
         run = ListenRun(
             options=options,
@@ -368,6 +436,8 @@ class Call:
         self.attributes.update(callStatus="completed")
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
+        for task in self.background_tasks:
+            task.cancel()  # a config fork ends with the call (and still posts its hook)
         stats: dict[str, Any] = {}
         if self.leg is not None:
             self.engine.remove_leg(self.leg)
@@ -407,3 +477,8 @@ def _hook_or_none(value: Any, app_url: str | None) -> Hook | None:
         return parse_hook(value, app_url)
     except ListenError:
         return None
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -73,7 +73,7 @@ class PlayAudioError(ValueError):
     """A playAudio message the fork cannot play; the message says why."""
 
 
-def _resample_whole(pcm: NDArray[np.int16], rate: int, out_rate: int) -> NDArray[np.int16]:
+def resample_whole(pcm: NDArray[np.int16], rate: int, out_rate: int) -> NDArray[np.int16]:
     if rate == out_rate or pcm.size == 0:
         return pcm
     rs = Resampler(1, rate, out_rate)
@@ -126,7 +126,7 @@ def decode_play_audio(data: Any, leg_rate: int) -> NDArray[np.int16]:
         raise PlayAudioError(
             f"playAudio: data.audioContentType must be raw, wav or wave, got {kind!r}"
         )
-    return _resample_whole(frames.astype(np.int16), rate, leg_rate)
+    return resample_whole(frames.astype(np.int16), rate, leg_rate)
 
 
 @dataclass
@@ -246,6 +246,10 @@ class ListenRun:
         return self._result
 
     # -- ending ------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stopped") -> None:
+        """End the fork from outside (config with listen.enable false)."""
+        self._finish(reason)
 
     def _finish(self, reason: str, digits: str | None = None) -> None:
         if self._result is not None:
