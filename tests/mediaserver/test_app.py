@@ -21,7 +21,7 @@ def test_valid_verbs_parse_in_both_shapes() -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"verb": "dance"}, "unknown verb; supported: config, dial, hangup, listen, pause, play, stream"),
+        ({"verb": "dance"}, "unknown verb; supported: config, dial, hangup, listen, pause, play"),
         ([{"verb": "pause"}], "verb 0 ('pause'): length is required"),
         ([{"verb": "pause", "length": "5"}], "length must be a number >= 0, got '5'"),
         ([{"verb": "pause", "length": -1}], "length must be a number >= 0, got -1"),
