@@ -48,6 +48,7 @@ def start_callee(
         link.symlink_to(SIPP_SHARE)
     port = free_udp_port()
     proc = subprocess.Popen(
+        # an absolute ``scenario`` path wins over SCENARIOS in the join
         [SIPP, "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
          "-mp", str(free_port_range(4)[0]), "-m", "1", "-nostdin", "-timeout", "40s",
          "-trace_err"],
@@ -143,3 +144,47 @@ async def test_callee_hanging_up_ends_the_caller_too(
     (payload,) = seen
     assert payload["dial_call_status"] == "completed"
     assert 2 <= payload["dial_call_duration"] <= 4
+
+
+async def test_sipp_caller_and_sipp_callee_land_on_their_own_channels(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """Issue 5's interop case: SIPp calls serve, serve dials SIPp; both play audio."""
+    from tests.e2e.harness import run_sipp
+    from tests.e2e.pcapgen import write_pcma_pcap
+    from tests.rtp.pcap import read_udp
+
+    base, seen = hooks
+    tone_pcap = write_pcma_pcap(tmp_path / "tone600.pcap", tone(600.0, 10.0, -10.0))
+    assert len(list(read_udp(tone_pcap))) == 500  # our own reader agrees with the format
+    scenario = tmp_path / "callee_tone.xml"
+    scenario.write_text((SCENARIOS / "callee_pcap.xml").read_text()
+                        .replace("pcap/g711a.pcap", str(tone_pcap)))  # fmt: skip
+    callee, port = start_callee(tmp_path, str(scenario))
+    try:
+        async with Receiver(tmp_path / "rx") as rx:
+            nested = {"url": rx.url, "mixType": "stereo", "sampleRate": 16000}
+            app = [{"verb": "dial", "target": [{"type": "sip",
+                                               "sipUri": f"sip:bob@127.0.0.1:{port}"}],
+                    "actionHook": f"{base}/dial-done", "listen": nested}]  # fmt: skip
+            with Server(tmp_path, app) as server:
+                res = await asyncio.to_thread(
+                    run_sipp, tmp_path, server, "-sn", "uac_pcap", "-m", "1"
+                )
+                assert res.returncode == 0, res.stdout[-2000:]
+                (fork,) = await rx.wait_for_calls(1, timeout=15)
+                for _ in range(200):
+                    if seen:
+                        break
+                    await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(callee.wait, 15) == 0
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    from dsp.resample import Resampler
+
+    left16 = Resampler(1, 8000, 16000).process_int16(capture_audio()[None, :])[0]
+    assert best_correlation(fork.audio[:, 0], left16) >= 0.9  # the caller: SIPp's capture
+    right = fork.audio[8000:64000, 1].astype(np.float64)
+    assert abs(np.argmax(np.abs(np.fft.rfft(right))) * 16000 / right.size - 600) < 3
+    assert seen[0]["dial_call_status"] == "completed"
