@@ -48,10 +48,16 @@ large M. Two structures cut it where measurements showed a gain (see
   design's 79, and windows that grow by 1 row per output instead of 2); the
   odd samples enter through the centre tap as one addition.
 
-Other ways were measured and dropped: cascades for the other pairs (a wide
-first stage at a high input rate costs about what it saves), half-band
-stages with a wide transition, and one matmul over all legs' windows at once
-(the windows across a leg boundary are wasted work, ~12 % at 20 ms).
+Measured and dropped: cascades for the other decimations (a wide first stage
+at a high input rate costs about what it saves) and for interpolations (a
+stage at the output rate costs per output about what one stage does),
+half-band stages with a wide transition, and one matmul per phase over all
+legs' windows at once (contiguous output rows; ~12 % faster only for 48k<->64k,
+where few windows straddle two legs, and no pair under budget that way).
+The matmuls run at 60-80 % of this core's sgemm peak, so what remains over
+the 2 ms budget at 1000 legs (16k/24k/32k/48k->64k, 48k->32k, 32k->48k and
+every pair from 64k) is multiply-adds the filter spec and the band's zeros
+need, not overhead.
 
 Filters: equiripple (Parks-McClellan) low-pass with the passband up to 0.45 x
 the lower rate, the stopband from 0.55 x the lower rate, i.e. the transition
