@@ -118,6 +118,7 @@ class Call:
         self.listen_buffer = listen_buffer
         self.verify_tls = verify_tls
         self.verbs: deque[Verb] = deque()
+        self._sdp_answer = b""
         self.dump: CallDump | None = None
         self.log = call_logger(self.call_sid, call_id=attributes.get("callId"))
         self.hook_payloads: list[dict[str, Any]] = []  # what this call's hooks were sent
@@ -214,17 +215,10 @@ class Call:
             self.end("app-error")  # first: reject() reports the end synchronously
             self.signalling.reject(self, 500, "Application Error")
             return
-        self.signalling.answer(self, sdp_answer)
-        self.answered_at = self.clock.now()
-        self.attributes.update(sipStatus=200, sipReason="OK", callStatus="in-progress")
-        self.log.info(
-            "call.answered",
-            codec=self.leg.codec.info.key if self.leg else None,
-            ptime=self.leg.ptime_ms if self.leg else None,
-            remote=self._remote(self.media) if self.media else None,
-            rtp_port=self.rtp.port if self.rtp else None,
-            verbs=[v.name for v in verbs],
-        )
+        self._sdp_answer = sdp_answer
+        first = verbs[0] if verbs else None
+        if not (first and first.name == "dial" and first.data.get("answerOnBridge") is True):
+            self._answer(verbs)
         self.verbs = deque(verbs)
         while self.verbs:
             verb = self.verbs.popleft()
@@ -235,6 +229,22 @@ class Call:
         if self.end_reason is None:
             self.signalling.hangup(self)
             self.end("app-done")
+
+    def _answer(self, verbs: list[Verb] | None = None) -> None:
+        """Answer the caller (200 OK) once: at the start, or when dial bridges (answerOnBridge)."""
+        if self.answered_at is not None:
+            return
+        self.signalling.answer(self, self._sdp_answer)
+        self.answered_at = self.clock.now()
+        self.attributes.update(sipStatus=200, sipReason="OK", callStatus="in-progress")
+        self.log.info(
+            "call.answered",
+            codec=self.leg.codec.info.key if self.leg else None,
+            ptime=self.leg.ptime_ms if self.leg else None,
+            remote=self._remote(self.media) if self.media else None,
+            rtp_port=self.rtp.port if self.rtp else None,
+            verbs=[v.name for v in verbs or self.verbs],
+        )
 
     async def _run_verb(self, verb: Verb) -> bool:
         """Run one verb; False when the call is over."""
@@ -326,8 +336,19 @@ class Call:
             from_host=format_host(config.sip_host) + f":{config.sip_port}",
             log=self.log,
             start_listen=self._nested_listen,
+            on_answered=self._answer,
         )
         result = await run.run()
+        if self.answered_at is None and self.end_reason is None:
+            # answerOnBridge and the dial failed: the caller gets the failure, not a 200
+            code = {"busy": 486, "no-answer": 480}.get(result.status, result.sip_status or 503)
+            self.log.info("dial.not_bridged", status=result.status, answered_with=code)
+            self.end(f"dial-{result.status}")
+            self.signalling.reject(self, code if 300 <= code <= 699 else 503)
+            if options.action_hook is not None:
+                await self._action_hook(options.action_hook, result.hook_fields(),
+                                        replace_verbs=False)  # fmt: skip
+            return
         self.log.info("dial.end", **result.hook_fields(), ended_by=result.ended_by)
         if options.action_hook is not None:
             await self._action_hook(

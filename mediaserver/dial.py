@@ -175,6 +175,7 @@ class DialRun:
     from_host: str
     log: Any
     start_listen: Any = None  # async callable (ListenOptions, Leg) -> None, run while bridged
+    on_answered: Any = None  # called when the B leg answers (answerOnBridge answers A then)
     b_leg: Leg | None = None
     _rtp: RtpSocket | None = None
     _handle: CallHandle | None = None
@@ -253,6 +254,8 @@ class DialRun:
         b.heard = LegBridge(self.a_leg, b.sample_rate)
         bridged_at = self._bridged_at = self.clock.now()
         self.log.info("dial.answered", target=target, codec=media.codec, dial_call_sid=b_sid)
+        if self.on_answered is not None:
+            self.on_answered()  # answerOnBridge: the caller is answered only now
         if self.options.listen is not None and self.start_listen is not None:
             leg = self.a_leg if self.options.listen_channel == 1 else b
             self._tasks.append(asyncio.create_task(self.start_listen(self.options.listen, leg)))

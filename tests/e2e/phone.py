@@ -59,6 +59,12 @@ def call_serve(
             break
     out.final_status = status
     if status != 200:
+        # ACK a failure within its INVITE transaction (same branch), as a UA must
+        to_tag = next(line for line in text.split("\r\n") if line.startswith("To:"))
+        ack = (f"ACK sip:svc@{host}:{sip_port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP {host}:{sport};branch=z9hG4bK-inv-{sport}\r\n{common}"
+               f"{to_tag}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n")  # fmt: skip
+        sip.sendto(ack.encode(), dest)
         sip.close()
         rtp.close()
         return out

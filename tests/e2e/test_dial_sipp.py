@@ -188,3 +188,40 @@ async def test_sipp_caller_and_sipp_callee_land_on_their_own_channels(
     right = fork.audio[8000:64000, 1].astype(np.float64)
     assert abs(np.argmax(np.abs(np.fft.rfft(right))) * 16000 / right.size - 600) < 3
     assert seen[0]["dial_call_status"] == "completed"
+
+
+async def test_answer_on_bridge_waits_for_the_callee(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    nobody = f"sip:nobody@127.0.0.1:{free_udp_port()}"
+    app = [{"verb": "dial", "answerOnBridge": True, "timeout": 1.5,
+            "target": [{"type": "sip", "sipUri": nobody}],
+            "actionHook": f"{base}/dial-done"}]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with Server(tmp_path / "a", app) as server:
+        phone = await asyncio.to_thread(
+            call_serve, "127.0.0.1", server.sip_port, None, seconds=1, hang_up=False
+        )
+        for _ in range(100):  # let the hook arrive before the blocking server stop
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+    assert not phone.answered and phone.final_status == 480  # no 200 before the callee
+    assert seen[0]["dial_call_status"] == "no-answer"
+    callee, port = start_callee(tmp_path)
+    try:
+        app[0]["target"] = [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}]
+        with Server(tmp_path / "b", app) as server:
+            phone = await asyncio.to_thread(
+                call_serve, "127.0.0.1", server.sip_port, None, seconds=2
+            )
+            answered = server.wait_for("call.answered")[0]
+            bridged = server.wait_for("dial.answered")[0]
+        assert await asyncio.to_thread(callee.wait, 15) == 0
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert phone.answered
+    assert answered["timestamp"] >= bridged["timestamp"]  # A answered only once B did
