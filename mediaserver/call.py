@@ -288,22 +288,7 @@ class Call:
                 await self._action_hook(hook, result.hook_fields(), replace_verbs=True)
             return
         assert self.leg is not None
-        run = ListenRun(
-            options=options,
-            leg=self.leg,
-            engine=self.engine,
-            clock=self.clock,
-            attributes=self.attributes,
-            log=self.log,
-            buffer_seconds=self.listen_buffer,
-            verify_tls=self.verify_tls,
-        )
-        result = await run.run()
-        self.listen_results.append(result)
-        if options.action_hook is not None:
-            await self._action_hook(
-                options.action_hook, result.hook_fields(), replace_verbs=self.end_reason is None
-            )
+        await self._run_listen(self._new_listen(options, self.leg), options, verbs_follow=True)
 
     async def _dial(self, verb: Verb) -> None:
         try:
@@ -396,29 +381,16 @@ class Call:
         if self.background_listen is not None:
             self.background_listen.stop("stopped")
         assert self.leg is not None
-        run = ListenRun(
-            options=options,
-            leg=self.leg,
-            engine=self.engine,
-            clock=self.clock,
-            attributes=self.attributes,
-            log=self.log,
-            buffer_seconds=self.listen_buffer,
-            verify_tls=self.verify_tls,
-        )
-        self.background_listen = run
-
-        async def background() -> None:
-            result = await run.run()
-            self.listen_results.append(result)
-            if options.action_hook is not None:
-                await self._action_hook(options.action_hook, result.hook_fields(),
-                                        replace_verbs=False)  # fmt: skip
-
-        self.background_tasks.append(asyncio.get_running_loop().create_task(background()))
+        run = self.background_listen = self._new_listen(options, self.leg)
+        task = self._run_listen(run, options, verbs_follow=False)
+        self.background_tasks.append(asyncio.get_running_loop().create_task(task))
 
     async def _nested_listen(self, options: ListenOptions, leg: Leg) -> None:
-        run = ListenRun(
+        # nested in dial: the hook's response is ignored
+        await self._run_listen(self._new_listen(options, leg), options, verbs_follow=False)
+
+    def _new_listen(self, options: ListenOptions, leg: Leg) -> ListenRun:
+        return ListenRun(
             options=options,
             leg=leg,
             engine=self.engine,
@@ -428,10 +400,22 @@ class Call:
             buffer_seconds=self.listen_buffer,
             verify_tls=self.verify_tls,
         )
+
+    async def _run_listen(
+        self, run: ListenRun, options: ListenOptions, *, verbs_follow: bool
+    ) -> None:
+        """Run a fork to its end, keep its result, post its actionHook.
+
+        ``verbs_follow``: the hook's verb array replaces the rest of the app
+        (top-level listen, while the call is still up).
+        """
         result = await run.run()
         self.listen_results.append(result)
-        if options.action_hook is not None:  # nested in dial: the response is ignored
-            await self._action_hook(options.action_hook, result.hook_fields(), replace_verbs=False)
+        if options.action_hook is not None:
+            replace = verbs_follow and self.end_reason is None
+            await self._action_hook(
+                options.action_hook, result.hook_fields(), replace_verbs=replace
+            )
 
     async def _action_hook(
         self, hook: Hook, fields: dict[str, Any], *, replace_verbs: bool
