@@ -7,6 +7,7 @@ reference receiver and an aiohttp actionHook server in the test's loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
@@ -32,11 +33,15 @@ class HookServer:
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
-        self.payloads: list[dict[str, Any]] = []
+        self.payloads: list[dict[str, Any]] = []  # answered
+        self.arrived = 0  # requests read, answered or not yet
+        self._released = asyncio.Event()  # set on exit: no handler outlives the test
 
     async def handle(self, request: web.Request) -> web.Response:
         payload = await request.json()
-        await asyncio.sleep(self.delay)
+        self.arrived += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._released.wait(), self.delay)
         self.payloads.append(payload)
         return web.json_response([])
 
@@ -49,6 +54,7 @@ class HookServer:
         return f"http://127.0.0.1:{self.runner.addresses[0][1]}/listen-done"
 
     async def __aexit__(self, *exc: object) -> None:
+        self._released.set()
         await self.runner.cleanup()
 
 
@@ -323,3 +329,35 @@ async def test_sigterm_during_20_live_calls_ends_every_call_cleanly(
     stopped = server.events("serve.stopped")[0]
     assert stopped["live_calls"] == 0 and stopped["rtp_ports_in_use"] == 0
     assert stopped["calls"] == {"shutdown": CALLS, "rejected-503": 1}  # the late INVITE
+
+
+@pytest.mark.parametrize("second_signal", [False, True], ids=["drain-time", "second-signal"])
+async def test_a_stuck_hook_cannot_hold_the_exit_past_the_drain_time(
+    tmp_path: Path, receiver: Receiver, second_signal: bool
+) -> None:
+    hooks = HookServer(delay=30)  # answers long after send_hook's own 5 s limit
+    drain = 20.0 if second_signal else 1.0
+    async with hooks as hook_url:
+        app = [{"verb": "listen", "url": receiver.url, "actionHook": hook_url}]
+        config = config_file(tmp_path, f"[calls]\ndrain_seconds = {drain}\n")
+        with Server(tmp_path, app, "--config", config) as server:
+            sipp = asyncio.create_task(
+                asyncio.to_thread(
+                    run_sipp, tmp_path, server, "-sf", str(SCENARIOS / "server_bye.xml"), "-m", "1"
+                )
+            )
+            await receiver.wait_for_open(1, timeout=15)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            await until(lambda: hooks.arrived, 5, "the hook request to arrive")
+            if second_signal:
+                server.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(server.proc.wait, 10)
+            exited_after = time.monotonic() - signalled
+            res = await sipp
+    assert code == 0
+    assert exited_after < (2.0 if second_signal else drain + 2.0), exited_after
+    (incomplete,) = server.events("serve.drain_incomplete")
+    assert incomplete["interrupted"] is second_signal and incomplete["call_tasks"] == 1
+    assert res.returncode == 0, res.stdout[-2000:]  # the call still got its BYE
