@@ -43,6 +43,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         }
         if args.sip:
             overrides["sip_host"], overrides["sip_port"] = parse_host_port(args.sip)
+        if args.admin:
+            overrides["admin_host"], overrides["admin_port"] = parse_host_port(
+                args.admin, "--admin", allow_zero=True
+            )
         if args.rtp_ports:
             overrides["rtp_port_low"], overrides["rtp_port_high"] = parse_port_range(args.rtp_ports)
         config = load_config(args.config, **overrides)
@@ -112,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-calls", type=int, metavar="N", help="answer 503 beyond N calls")
     serve.add_argument(
         "--dump-dir", metavar="DIR", help="write each call's decoded audio + JSON summary here"
+    )
+    serve.add_argument(
+        "--admin", metavar="HOST:PORT", help="admin HTTP endpoint (/health, /metrics, /calls)"
     )
     serve.set_defaults(func=_run_serve)
 

@@ -106,8 +106,10 @@ _FIELD_NAMES = {
 _TYPES = {f.name: f.type for f in fields(ServerConfig)}
 
 
-def parse_host_port(value: str, what: str = "--sip") -> tuple[str, int]:
-    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` alone (port 5060)."""
+def parse_host_port(
+    value: str, what: str = "--sip", *, allow_zero: bool = False
+) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``HOST`` alone (port 5060); port 0 if ``allow_zero``."""
     host, port = value, "5060"
     if value.startswith("["):
         end = value.find("]")
@@ -120,8 +122,9 @@ def parse_host_port(value: str, what: str = "--sip") -> tuple[str, int]:
             port = rest[1:]
     elif value.count(":") == 1:
         host, port = value.split(":")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{what}: port must be 1..65535, got {port!r}")
+    low = 0 if allow_zero else 1
+    if not port.isdigit() or not low <= int(port) < 65536:
+        raise ConfigError(f"{what}: port must be {low}..65535, got {port!r}")
     _check_host(host, what)
     return host, int(port)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -47,7 +48,13 @@ class DialSignalling(Protocol):
     config: ServerConfig
 
     async def place_call(
-        self, target_uri: str, *, from_uri: str, sdp: bytes, timeout: float = 30.0
+        self,
+        target_uri: str,
+        *,
+        from_uri: str,
+        sdp: bytes,
+        timeout: float = 30.0,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[CallHandle, OutgoingCallAnswered | OutgoingCallFailed]: ...
 
     async def end_outgoing(self, handle: CallHandle, timeout: float = 10.0) -> CallEnded: ...
@@ -215,7 +222,11 @@ class DialRun:
         caller = self.options.caller_id or str(self.attributes.get("from") or "mediaserver")
         from_uri = f"<sip:{caller}@{self.from_host}>"
         self._handle, outcome = await self.signalling.place_call(
-            target, from_uri=from_uri, sdp=bytes(offer), timeout=self.options.timeout
+            target,
+            from_uri=from_uri,
+            sdp=bytes(offer),
+            timeout=self.options.timeout,
+            headers=self.options.headers,
         )
         if isinstance(outcome, OutgoingCallFailed):
             sock.close()

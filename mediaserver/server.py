@@ -23,6 +23,7 @@ import hashlib
 import ipaddress
 import signal
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -294,11 +295,19 @@ class SipServer(asyncio.DatagramProtocol):
     # -- UAC ------------------------------------------------------------------------
 
     async def place_call(
-        self, target_uri: str, *, from_uri: str, sdp: bytes, timeout: float = 30.0
+        self,
+        target_uri: str,
+        *,
+        from_uri: str,
+        sdp: bytes,
+        timeout: float = 30.0,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> tuple[CallHandle, OutgoingCallAnswered | OutgoingCallFailed]:
-        """INVITE ``target_uri``; return when it is answered or has failed."""
+        """INVITE ``target_uri`` (with extra ``headers``); return when answered or failed."""
         assert self.endpoint is not None and self._loop is not None
-        handle = self.endpoint.invite(target_uri, from_uri=from_uri, sdp=sdp, timeout=timeout)
+        handle = self.endpoint.invite(
+            target_uri, from_uri=from_uri, sdp=sdp, timeout=timeout, headers=headers
+        )
         answered: asyncio.Future[SipEvent] = self._loop.create_future()
         self._outgoing[handle] = answered
         self._outgoing_ended[handle] = self._loop.create_future()

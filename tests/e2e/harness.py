@@ -84,6 +84,8 @@ class Server:
             str(self.dump_dir),
             "--max-calls",
             str(max_calls),
+            "--admin",
+            "127.0.0.1:0",  # tests run many servers: any free port, logged
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
