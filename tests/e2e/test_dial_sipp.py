@@ -225,3 +225,56 @@ async def test_answer_on_bridge_waits_for_the_callee(
             callee.kill()
     assert phone.answered
     assert answered["timestamp"] >= bridged["timestamp"]  # A answered only once B did
+
+
+async def test_busy_callee_maps_to_busy(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    callee, port = start_callee(tmp_path, "callee_busy.xml")
+    try:
+        app = [{"verb": "dial", "target": [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}],
+                "actionHook": f"{base}/dial-done"}]  # fmt: skip
+        with Server(tmp_path, app) as server:
+            await asyncio.to_thread(call_serve, "127.0.0.1", server.sip_port, None, seconds=2)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(callee.wait, 15) == 0  # SIPp got its ACK
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert (seen[0]["dial_call_status"], seen[0]["dial_sip_status"]) == ("busy", 486)
+
+
+async def test_channel_2_forks_the_callee_view_and_headers_reach_the_callee(
+    tmp_path: Path,
+) -> None:
+    scenario = tmp_path / "callee_headers.xml"
+    text = (SCENARIOS / "callee_pcap.xml").read_text()
+    text = text.replace('<recv request="INVITE" crlf="true"/>', (
+        '<recv request="INVITE" crlf="true"><action>'
+        '<ereg regexp="lab-on" search_in="hdr" header="X-Lab:" check_it="true" assign_to="x"/>'
+        '</action></recv>'))  # fmt: skip
+    text = text.replace("</scenario>", '<Reference variables="x"/>\n</scenario>')
+    scenario.write_text(text)
+    callee, port = start_callee(tmp_path, str(scenario))
+    try:
+        async with Receiver(tmp_path / "rx") as rx:
+            target = [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}]
+            app = [{"verb": "dial", "target": target, "headers": {"X-Lab": "lab-on"},
+                    "listen": {"url": rx.url, "mixType": "stereo", "channel": 2}}]  # fmt: skip
+            with Server(tmp_path, app) as server:
+                await asyncio.to_thread(
+                    call_serve, "127.0.0.1", server.sip_port, tone(600.0, 8.0, -10.0), seconds=6
+                )
+                (fork,) = await rx.wait_for_calls(1, timeout=15)
+        assert await asyncio.to_thread(callee.wait, 15) == 0  # the X-Lab check passed
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    # channel 2: the B leg's view, left = the callee (capture), right = the caller (tone)
+    assert best_correlation(fork.audio[:, 0], capture_audio()) >= 0.9
+    right = fork.audio[4000:36000, 1].astype(np.float64)
+    assert abs(np.argmax(np.abs(np.fft.rfft(right))) * 8000 / right.size - 600) < 3

@@ -327,3 +327,32 @@ def test_silence_watch_fires_once_per_leg_after_speech_stops() -> None:
     assert 2 + 25 + 20 - 2 <= by_leg["a"][1] <= 2 + 25 + 20 + 2  # 400 ms after the talk ends
     assert by_leg["b"][0] is SilenceExpiry.NO_INPUT
     assert 98 <= by_leg["b"][1] <= 100  # 2 s of nothing but silence
+
+
+def test_bridge_transcodes_between_g722_and_pcmu_legs() -> None:
+    from mediaserver.engine import LegBridge
+
+    engine = MediaEngine(4)
+    sent_a: list[bytes] = []
+    sent_b: list[bytes] = []
+    a = Leg(call_sid="a", codec="G722/8000", payload_type=9, send=sent_a.append)
+    b = Leg(call_sid="b", codec="PCMU/8000", payload_type=0, send=sent_b.append)
+    engine.add_leg(a)
+    engine.add_leg(b)
+    a.heard = LegBridge(b, a.sample_rate)
+    b.heard = LegBridge(a, b.sample_rate)
+    feeds = {a: rtp_stream("G722/8000", 9, tone(1000.0, 1.0, -10.0, rate=16000)),
+             b: rtp_stream("PCMU/8000", 0, tone(400.0, 1.0, -10.0))}  # fmt: skip
+    run(engine, feeds, 50)
+    # what B's far end hears: A's 1 kHz, decoded from G.722 and re-encoded as PCMU at 8 kHz
+    pcmu = get_codec("PCMU/8000").batch
+    assert pcmu is not None
+    heard_b = pcmu.decode_batch(
+        np.frombuffer(b"".join(RtpPacket.parse(d).payload for d in sent_b), np.uint8)[None]
+    )[0]
+    assert np.argmax(np.abs(np.fft.rfft(heard_b[2000:6000].astype(np.float64)))) * 2 == 1000
+    # what A's far end hears: B's 400 Hz, upsampled to 16 kHz and encoded as G.722
+    dec = get_codec("G722/8000").new_decoder()
+    heard_a = np.concatenate([dec.decode(RtpPacket.parse(d).payload) for d in sent_a])
+    spectrum = np.abs(np.fft.rfft(heard_a[4000:12000].astype(np.float64)))
+    assert np.argmax(spectrum) * 16000 / 8000 == pytest.approx(400, abs=3)
