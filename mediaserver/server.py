@@ -312,7 +312,16 @@ class SipServer(asyncio.DatagramProtocol):
         self._outgoing[handle] = answered
         self._outgoing_ended[handle] = self._loop.create_future()
         self._pump()
-        outcome = await answered
+        try:
+            outcome = await answered
+        except asyncio.CancelledError:
+            # Whoever waited is gone (the caller hung up while this rang): CANCEL it.
+            ended = self._outgoing_ended.get(handle)
+            if ended is not None:
+                ended.add_done_callback(lambda _: self._outgoing_ended.pop(handle, None))
+            self.endpoint.hangup(handle)
+            self._pump()
+            raise
         assert isinstance(outcome, OutgoingCallAnswered | OutgoingCallFailed)
         if isinstance(outcome, OutgoingCallFailed):
             self._outgoing_ended.pop(handle, None)  # over already: nobody will wait for it

@@ -278,3 +278,24 @@ async def test_channel_2_forks_the_callee_view_and_headers_reach_the_callee(
     assert best_correlation(fork.audio[:, 0], capture_audio()) >= 0.9
     right = fork.audio[4000:36000, 1].astype(np.float64)
     assert abs(np.argmax(np.abs(np.fft.rfft(right))) * 8000 / right.size - 600) < 3
+
+
+async def test_caller_hanging_up_while_the_callee_rings_cancels_it(
+    tmp_path: Path, hooks: tuple[str, list[dict[str, Any]]]
+) -> None:
+    base, seen = hooks
+    callee, port = start_callee(tmp_path, "callee_ringing.xml")
+    try:
+        target = [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}]
+        app = [{"verb": "dial", "target": target, "actionHook": f"{base}/dial-done"}]
+        with Server(tmp_path, app) as server:
+            await asyncio.to_thread(call_serve, "127.0.0.1", server.sip_port, None, seconds=1.5)
+            for _ in range(100):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+        assert await asyncio.to_thread(callee.wait, 15) == 0  # CANCEL, 200, 487, ACK all seen
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert (seen[0]["dial_call_status"], seen[0]["dial_sip_status"]) == ("canceled", 487)
