@@ -125,6 +125,7 @@ class Call:
         self.listen_results: list[ListenResult] = []
         self.background_listen: ListenRun | None = None  # config's fork
         self.background_tasks: list[asyncio.Task[None]] = []
+        self.dialled_legs: list[Leg] = []  # B legs placed by dial (for metrics)
         self.leg: Leg | None = None
         self.rtp: RtpSocket | None = None
         self.digits: list[DtmfKey] = []
@@ -322,6 +323,7 @@ class Call:
             log=self.log,
             start_listen=self._nested_listen,
             on_answered=self._answer,
+            dialled_legs=self.dialled_legs,
         )
         result = await run.run()
         if self.answered_at is None and self.end_reason is None:

@@ -183,6 +183,7 @@ class DialRun:
     log: Any
     start_listen: Any = None  # async callable (ListenOptions, Leg) -> None, run while bridged
     on_answered: Any = None  # called when the B leg answers (answerOnBridge answers A then)
+    dialled_legs: list[Leg] = field(default_factory=list)  # the call's record of B legs
     b_leg: Leg | None = None
     _rtp: RtpSocket | None = None
     _handle: CallHandle | None = None
@@ -252,6 +253,7 @@ class DialRun:
             telephone_event_pt=media.telephone_event_payload_type,
         )
         self.b_leg = b
+        self.dialled_legs.append(b)
         remote = (
             (media.remote_address, media.remote_port)
             if media.remote_address and media.remote_port

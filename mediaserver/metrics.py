@@ -82,13 +82,13 @@ def leg_forks(leg: Leg) -> list[WebSocketFork]:
 def _call_totals(call: Call) -> dict[str, int]:
     """What one call contributes to the live-state counters, forks it still has open aside."""
     out = dict.fromkeys(_LIVE_COUNTERS, 0)
-    leg = call.leg
-    if leg is not None:
+    legs = [call.leg] if call.leg is not None else []
+    for leg in legs + call.dialled_legs:  # the caller's leg and any dial B legs
         jitter = leg.jitter.stats
-        out["rtp_packets_received"] = jitter.received
-        out["rtp_packets_lost"] = max(0, jitter.lost)  # duplicates can make it negative
-        out["rtp_packets_late"] = jitter.late
-        out["rtp_packets_sent"] = leg.stats.packets_sent
+        out["rtp_packets_received"] += jitter.received
+        out["rtp_packets_lost"] += max(0, jitter.lost)  # duplicates can make it negative
+        out["rtp_packets_late"] += jitter.late
+        out["rtp_packets_sent"] += leg.stats.packets_sent
     for result in call.listen_results:
         out["listen_frames_sent"] += result.frames_sent
         out["listen_frames_dropped"] += result.frames_dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,11 @@ async def test_sipp_caller_and_sipp_callee_land_on_their_own_channels(
                     if seen:
                         break
                     await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)  # the call's totals land once its task is done
+                admin = server.events("admin.listening")[0]["url"]
+                metrics = await asyncio.to_thread(
+                    lambda: urllib.request.urlopen(f"{admin}/metrics", timeout=5).read().decode()
+                )
         assert await asyncio.to_thread(callee.wait, 15) == 0
     finally:
         if callee.poll() is None:
@@ -188,6 +194,10 @@ async def test_sipp_caller_and_sipp_callee_land_on_their_own_channels(
     right = fork.audio[8000:64000, 1].astype(np.float64)
     assert abs(np.argmax(np.abs(np.fft.rfft(right))) * 16000 / right.size - 600) < 3
     assert seen[0]["dial_call_status"] == "completed"
+    # /metrics counts both legs' RTP: SIPp's capture (236 packets) and the callee's (~9 s)
+    received = next(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("mediaserver_rtp_packets_received_total"))  # fmt: skip
+    assert received >= 236 + 300
 
 
 async def test_answer_on_bridge_waits_for_the_callee(
