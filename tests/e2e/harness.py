@@ -52,7 +52,13 @@ def free_port_range(count: int) -> tuple[int, int]:
 
 class Server:
     def __init__(
-        self, tmp: Path, app: Any, *extra: str, max_calls: int = 100, host: str = "127.0.0.1"
+        self,
+        tmp: Path,
+        app: Any,
+        *extra: str,
+        max_calls: int = 100,
+        host: str = "127.0.0.1",
+        admin: str | None = "127.0.0.1:0",  # tests run many servers: any free port, logged
     ) -> None:
         self.tmp = tmp
         self.host = host
@@ -84,8 +90,7 @@ class Server:
             str(self.dump_dir),
             "--max-calls",
             str(max_calls),
-            "--admin",
-            "127.0.0.1:0",  # tests run many servers: any free port, logged
+            *(("--admin", admin) if admin else ()),
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None

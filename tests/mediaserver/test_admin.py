@@ -117,7 +117,8 @@ def test_serve_runs_on_without_admin_when_its_port_is_taken(tmp_path: Path) -> N
         taken.listen()
         config = tmp_path / "server.toml"
         config.write_text(f"[admin]\nport = {taken.getsockname()[1]}\n")
-        with Server(tmp_path, [{"verb": "pause", "length": 1}], "--config", str(config)) as srv:
+        app = [{"verb": "pause", "length": 1}]
+        with Server(tmp_path, app, "--config", str(config), admin=None) as srv:
             (failed,) = srv.events("admin.bind_failed")
             assert str(taken.getsockname()[1]) in failed["admin"]
             assert srv.events("serve.listening")[0]["admin"] is None
