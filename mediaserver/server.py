@@ -93,6 +93,7 @@ class SipServer(asyncio.DatagramProtocol):
         # UAC: outgoing calls placed by place_call (the dial verb builds on this)
         self._outgoing: dict[CallHandle, asyncio.Future[SipEvent]] = {}
         self._outgoing_ended: dict[CallHandle, asyncio.Future[CallEnded]] = {}
+        self._outgoing_sdp: dict[CallHandle, bytes] = {}  # our offer, for callee re-INVITEs
 
     # -- lifetime -----------------------------------------------------------------
 
@@ -310,6 +311,7 @@ class SipServer(asyncio.DatagramProtocol):
         )
         answered: asyncio.Future[SipEvent] = self._loop.create_future()
         self._outgoing[handle] = answered
+        self._outgoing_sdp[handle] = sdp
         self._outgoing_ended[handle] = self._loop.create_future()
         self._pump()
         try:
@@ -356,11 +358,23 @@ class SipServer(asyncio.DatagramProtocol):
             if answered is not None and not answered.done():
                 answered.set_result(event)
             return
+        if isinstance(event, CallReinvited):
+            # The callee refreshes or re-offers the session (session timers, a PBX's
+            # hold music): keep the media as negotiated and answer with our offer.
+            assert self.endpoint is not None
+            sdp = self._outgoing_sdp.get(handle)
+            if sdp is None:
+                self.endpoint.reject(handle, 488)
+            else:
+                self.endpoint.answer(handle, sdp)
+            self.log.info("uac.reinvite", call_id=handle.call_id, answered=sdp is not None)
+            return
         if isinstance(event, CallEnded):
             self._finish_outgoing(handle, event)
 
     def _finish_outgoing(self, handle: CallHandle, event: CallEnded) -> None:
         self._outgoing.pop(handle, None)
+        self._outgoing_sdp.pop(handle, None)
         ended = self._outgoing_ended.get(handle)  # kept until outgoing_ended() collects it
         if ended is not None and not ended.done():
             ended.set_result(event)

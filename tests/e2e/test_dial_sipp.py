@@ -309,3 +309,20 @@ async def test_caller_hanging_up_while_the_callee_rings_cancels_it(
         if callee.poll() is None:
             callee.kill()
     assert (seen[0]["dial_call_status"], seen[0]["dial_sip_status"]) == ("canceled", 487)
+
+
+async def test_callee_reinvite_is_answered_and_the_bridge_goes_on(tmp_path: Path) -> None:
+    callee, port = start_callee(tmp_path, "callee_reinvite.xml")
+    try:
+        target = [{"type": "sip", "sipUri": f"sip:bob@127.0.0.1:{port}"}]
+        with Server(tmp_path, [{"verb": "dial", "target": target}]) as server:
+            phone = await asyncio.to_thread(
+                call_serve, "127.0.0.1", server.sip_port, tone(600.0, 5.0, -10.0), seconds=4
+            )
+            reinvite = server.wait_for("uac.reinvite")[0]
+        assert await asyncio.to_thread(callee.wait, 15) == 0  # 200 to its re-INVITE, then BYE
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    assert reinvite["answered"] is True
+    assert phone.answered and not phone.bye_from_server  # the caller hung up, not us
