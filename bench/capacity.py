@@ -68,8 +68,16 @@ def _free_port(kind: int = socket.SOCK_DGRAM) -> int:
 
 
 def _free_range(count: int, avoid: tuple[int, int] = (0, 0)) -> int:
-    """The first port of ``count`` free, even-aligned UDP ports."""
-    for low in range(30000, 60000 - count, 2 * 997):
+    """The first port of ``count`` free, even-aligned UDP ports.
+
+    Taken below the kernel's ephemeral range, where the load generator's own
+    sockets (bound to port 0) cannot land in it.
+    """
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    for low in range(12000, max(12001, ephemeral - count), 2 * 499):
         if avoid[0] <= low + count and low <= avoid[1]:
             continue
         socks: list[socket.socket] = []
