@@ -2,7 +2,8 @@
 # Installs what the project needs on a fresh machine, idempotently:
 #   scripts/setup.sh [--system] [--extras dev,bench]
 #   --system   also install the Debian packages the tests and benches use
-#              (sip-tester, baresip-core, espeak-ng, sox, multimon-ng, openssl)
+#              (sip-tester, baresip-core, espeak-ng, sox, multimon-ng, openssl,
+#              kamailio)
 #              when missing
 #   --extras   pip extras for the virtualenv (default: none)
 # The virtualenv lives in .venv; a stamp keyed on pyproject.toml skips pip
@@ -29,6 +30,7 @@ declare -A SYSTEM_PACKAGES=(
   [multimon-ng]=multimon-ng
   [openssl]=openssl
   [baresip]=baresip-core
+  [kamailio]=kamailio
 )
 
 apt_install() {
