@@ -265,3 +265,51 @@ def test_killing_one_instance_mid_run_fails_only_the_calls_it_had(
     # The OPTIONS probes (or the unanswered INVITE) took the dead instance out.
     down = [line for line in kamailio.log().splitlines() if "destination down" in line]
     assert any(f"sip:127.0.0.1:{victim.sip_port}" in line for line in down), down
+
+
+def test_draining_one_instance_mid_run_ends_only_its_calls_and_new_ones_go_to_the_other(
+    tmp_path: Path, cluster: tuple[Kamailio, list[Server]]
+) -> None:
+    kamailio, (victim, survivor) = cluster
+    sipp = start_sipp(tmp_path, kamailio.port)
+    try:
+        victim.wait_for("call.end", 5, timeout=20)
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGTERM)  # an operator taking it out of service
+        assert victim.proc.wait(15) == 0
+    finally:
+        code, out = finish(sipp)
+    draining = victim.events("serve.draining")[0]
+    ended_by_drain = [e for e in victim.events("call.end") if e["reason"] == "shutdown"]
+    assert draining["calls"] == len(ended_by_drain) > 0  # the drain really was mid-run
+    # The drain's BYEs reached the callers: serve follows the Record-Route
+    # back through Kamailio, and SIPp answered them.
+    assert victim.events("serve.drained")
+    successful, failed = call_counts(out)
+    assert code == 1, out[-3000:]  # SIPp: "at least one call failed"
+    assert successful + failed == CALLS, out[-3000:]
+    # Only the calls the drain hung up failed (SIPp's scenario did not expect
+    # that BYE); INVITEs that reached the instance while it drained (503) or
+    # after it exited (no answer) went on to the other one.
+    assert failed == len(ended_by_drain), (failed, len(ended_by_drain), out[-3000:])
+    answered_by_victim = len(victim.events("call.answered"))
+    survivor_answered = survivor.wait_for("call.answered", CALLS - answered_by_victim, timeout=10)
+    assert len(survivor_answered) == CALLS - answered_by_victim
+
+
+def test_a_full_instance_refuses_with_503_and_its_calls_go_to_the_other(tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        (tmp_path / "small").mkdir()
+        (tmp_path / "large").mkdir()
+        small = stack.enter_context(Server(tmp_path / "small", APP, max_calls=3))
+        large = stack.enter_context(Server(tmp_path / "large", APP))
+        kamailio = stack.enter_context(Kamailio(tmp_path / "kamailio", [small, large]))
+        code, out = finish(start_sipp(tmp_path, kamailio.port))
+    assert code == 0, out[-3000:]
+    assert call_counts(out) == (CALLS, 0)
+    refused = small.events("call.refused")
+    assert refused and {e["status"] for e in refused} == {503}
+    answered = len(small.events("call.answered")), len(large.events("call.answered"))
+    assert answered[0] > 0 and sum(answered) == CALLS, answered
+    # Still in service: a full instance answers the probes, it is not marked down.
+    assert "destination down" not in kamailio.log()
