@@ -191,6 +191,12 @@ class SipServer(asyncio.DatagramProtocol):
         source = (str(addr[0]), int(addr[1]))
         if self._allowed and not self._source_allowed(source[0]) and not self._admit(data, source):
             return
+        if (
+            not self.accepting
+            and data.startswith(b"OPTIONS ")
+            and self._draining_options(data, source)
+        ):
+            return
         self.endpoint.receive_datagram(data, source, self._loop.time())
         self._pump()
 
@@ -232,7 +238,7 @@ class SipServer(asyncio.DatagramProtocol):
             self.forbidden += 1
             if message.method == "ACK":
                 return False
-            response, destination = self._forbidden_response(message, source)
+            response, destination = self._stateless_response(message, source, 403, "Forbidden")
         except SipRemoteError:
             self.forbidden += 1
             return False
@@ -243,10 +249,36 @@ class SipServer(asyncio.DatagramProtocol):
             self._transport.sendto(response, destination)
         return False
 
-    def _forbidden_response(
-        self, request: SipRequest, source: tuple[str, int]
+    def _draining_options(self, data: bytes, source: tuple[str, int]) -> bool:
+        """While draining, OPTIONS probes (a load balancer's) get 503: take us out now.
+
+        True when answered here; anything unparseable goes on to the endpoint.
+        """
+        assert self.endpoint is not None
+        try:
+            message = parse_message(data, limits=self.endpoint.limits)
+            if not isinstance(message, SipRequest) or message.to_addr.tag is not None:
+                return False
+            response, destination = self._stateless_response(
+                message, source, 503, "Service Unavailable", retry_after=5
+            )
+        except SipRemoteError:
+            return False
+        if self._transport is not None:
+            self._transport.sendto(response, destination)
+        return True
+
+    def _stateless_response(
+        self,
+        request: SipRequest,
+        source: tuple[str, int],
+        status: int,
+        reason: str,
+        *,
+        retry_after: int | None = None,
     ) -> tuple[bytes, tuple[str, int]]:
-        """A 403 for ``request`` and where to send it (RFC 3261 §18.2.2, RFC 3581)."""
+        """A final response to ``request`` without a transaction, and where to send it
+        (RFC 3261 §18.2.2, RFC 3581); a retransmission gets the same To tag."""
         via = request.top_via
         host, port = source
         if via.wants_rport:
@@ -258,8 +290,10 @@ class SipServer(asyncio.DatagramProtocol):
         request.headers.replace_first("Via", ", ".join([str(via), *vias[1:]]))
         seed = f"{request.call_id} {via.branch} {request.from_addr.tag}".encode()
         tag = hashlib.blake2s(seed, digest_size=8).hexdigest()
-        response = build_response(request, 403, "Forbidden", to_tag=tag)
+        response = build_response(request, status, reason, to_tag=tag)
         response.headers.add("Server", self.config.user_agent)
+        if retry_after is not None:
+            response.headers.add("Retry-After", str(retry_after))
         return bytes(response), destination
 
     def error_received(self, exc: Exception) -> None:

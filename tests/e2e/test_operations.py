@@ -308,6 +308,8 @@ async def test_sigterm_during_20_live_calls_ends_every_call_cleanly(
             try:
                 sdp = SDP.format(port=free_udp_port(), pts="0", maps="a=rtpmap:0 PCMU/8000\r\n")
                 refused = await asyncio.to_thread(late.request, "INVITE", body=sdp)
+                # a load balancer's OPTIONS probe is told to stop sending calls here
+                probed = await asyncio.to_thread(late.request, "OPTIONS")
             finally:
                 late.close()
             code = await asyncio.to_thread(server.proc.wait, drain + 5)
@@ -315,6 +317,7 @@ async def test_sigterm_during_20_live_calls_ends_every_call_cleanly(
             res = await sipp
             closed = await receiver.wait_for_calls(CALLS, timeout=5)
     assert status(refused) == 503
+    assert status(probed) == 503 and "Retry-After: 5" in probed
     assert code == 0 and exited_after < drain, (code, exited_after)
     assert server.events("serve.drained") and not server.events("serve.drain_incomplete")
     assert res.returncode == 0, res.stdout[-3000:]  # all 20 got (and answered) a BYE
