@@ -205,7 +205,6 @@ class Bench:
     def __init__(self, work: Path, max_calls: int, log: IO[bytes], jitter_target: float) -> None:
         self.work = work
         self.hold_ms = 1000 * jitter_target + 20  # + up to one tick of alignment
-        self.profile_path: Path | None = None
         self.log = log
         self.children: list[Child] = []
         self.receiver = self._child([PY, str(BENCH / "_counting_receiver.py")])
@@ -292,28 +291,6 @@ class Bench:
                 self.serve.kill()
                 self.serve.wait(5)
 
-    def _profile(self, pid: int, window: float) -> subprocess.Popen[bytes] | None:
-        """py-spy over the window (non-blocking sampling: serve is never paused)."""
-        spy = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
-        if self.profile_path is None or not Path(spy).exists():
-            return None
-        cmd = [
-            spy,
-            "record",
-            "--nonblocking",
-            "-r",
-            "200",
-            "-p",
-            str(pid),
-            "-d",
-            str(int(window)),
-            "-f",
-            "raw",
-            "-o",
-            str(self.profile_path),
-        ]
-        return subprocess.Popen(_pinned(cmd, 1), stdout=self.log, stderr=self.log)
-
     def _wait_open(self, n: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -329,13 +306,10 @@ class Bench:
         self._wait_open(n, 20)
         time.sleep(warm)
         pid = self.serve.pid
-        spy = self._profile(pid, window)
         self.receiver.ask("reset")
         m0, c0, w0 = scrape(self.metrics_url), cpu_seconds(pid), time.monotonic()
         time.sleep(window)
         m1, c1, w1 = scrape(self.metrics_url), cpu_seconds(pid), time.monotonic()
-        if spy is not None:
-            spy.wait(30)
         got = self.receiver.ask("report")
         rss = rss_bytes(pid)
         self.loadgen.ask("stop", timeout=30)
@@ -465,7 +439,6 @@ def run(
     naive: bool,
     jitter_target: float = 0.04,
     keep_going: bool = False,
-    profile: Path | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
@@ -473,7 +446,6 @@ def run(
         log_path = work / "bench.log"
         with log_path.open("wb") as log:
             bench = Bench(work, max(ramp), log, jitter_target)
-            bench.profile_path = profile
             try:
                 for n in ramp:
                     row = bench.batched(n, cps, warm, window)
@@ -529,7 +501,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0.04,
         help="serve's [rtp] jitter_target, seconds (0: no hold)",
     )
-    p.add_argument("--profile", type=Path, help="py-spy raw profile of serve per window, here")
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     p.add_argument("--keep-going", action="store_true", help="run every N even after a miss")
     args = p.parse_args(argv)
