@@ -127,6 +127,7 @@ class LegBridge:
     def __init__(self, source: Leg, rate: int) -> None:
         self.source = source
         self.rate = rate
+        source.feeds_bridge = True
         self._rs = Resampler(1, source.sample_rate, rate) if source.sample_rate != rate else None
 
     def read(self, n: int) -> NDArray[np.int16]:
@@ -234,6 +235,7 @@ class Leg:
         # call). ``read(n)`` returns n samples at the leg's rate.
         self.heard: PcmSource | None = None
         self.last_read: NDArray[np.int16] | None = None  # the latest decoded frame
+        self.feeds_bridge = False  # a LegBridge hears this leg: keep last_read fresh
         self.stats = LegStats()
         self.last_packet_at: float | None = None
         self.slot = -1
@@ -255,6 +257,10 @@ class Leg:
         self._encoder: Encoder | None = (
             None if self.codec.batch else self.codec.new_encoder(ptime_ms)
         )
+        # per-packet sizes, computed once: the send path runs for every leg every tick
+        self._packet_samples = info.samples_per_frame(ptime_ms)
+        self._packet_units = info.timestamp_increment(ptime_ms)
+        self._tick_units = info.timestamp_increment(TICK_MS)
         self._send_bytes = bytearray()  # encoded audio not yet sent (batch codecs)
         self._send_pcm: NDArray[np.int16] = np.zeros(0, dtype=np.int16)  # stateful codecs
         # RFC 3550: random SSRC, initial sequence number and timestamp
@@ -330,11 +336,14 @@ class Leg:
             assert self.telephone_event_pt is not None
             self._emit(te_payload, self.telephone_event_pt, ts, marker)
             # media time goes on under the event: audio resumes at the right timestamp
-            self._ts += self.codec.info.timestamp_increment(TICK_MS)
+            self._ts += self._tick_units
             self._send_bytes.clear()
             self._send_pcm = self._send_pcm[:0]
             return
-        per_packet = self.codec.info.samples_per_frame(self.ptime_ms)
+        per_packet = self._packet_samples
+        if payload is not None and per_packet == pcm.shape[0] and not self._send_bytes:
+            self._emit_audio(payload)  # ptime == tick (the usual 20 ms): one packet as is
+            return
         if payload is not None:  # sample-addressable: cut the byte stream into packets
             buf = self._send_bytes
             buf += payload
@@ -352,7 +361,7 @@ class Leg:
     def _emit_audio(self, body: bytes) -> None:
         self._emit(body, self.payload_type, self._ts, self._marker)
         self._marker = False
-        self._ts += self.codec.info.timestamp_increment(self.ptime_ms)
+        self._ts += self._packet_units
 
     # -- stateful decode (G.722, Opus) ---------------------------------------------
 
@@ -554,35 +563,50 @@ class MediaEngine:
         rate = legs[0].sample_rate
         slots = np.fromiter((leg.slot for leg in legs), dtype=np.intp, count=n)
         lost = np.zeros(n, dtype=np.bool_)
-
-        # 1. play out one frame per leg and decode the whole group at once
-        if codec.batch is not None:
-            payloads: list[bytes] = []
-            for i, leg in enumerate(legs):
-                f = leg.jitter.pop(now)
+        # One pass over the legs per tick: pop the jitter buffers and note which legs
+        # need anything more, so later stages touch only those (per-leg Python is
+        # what limits capacity, not the numpy work).
+        payloads: list[bytes] = []
+        lost_rows: list[int] = []
+        bridged: list[int] = []
+        listening: list[int] = []
+        playing: list[int] = []
+        sending: list[int] = []
+        stateful = codec.batch is None
+        read = np.empty((n, frame), dtype=np.int16) if stateful else None
+        for i, leg in enumerate(legs):
+            f = leg.jitter.pop(now)
+            if f.status is FrameStatus.LOST:
+                lost_rows.append(i)
+            if read is None:
                 payloads.append(f.payload)
-                if f.status is FrameStatus.LOST:
-                    lost[i] = True
+            elif leg.jitter.bytes_per_unit is None:  # packet mode (Opus)
+                read[i] = leg._decode_packets(f.packets)
+            elif f.status is FrameStatus.PLAYED or f.status is FrameStatus.PARTIAL:
+                read[i] = leg._decode_frame(f.payload)  # never feed G.722 fill bytes
+            else:
+                read[i] = 0
+            if leg.feeds_bridge:
+                bridged.append(i)
+            if leg.listeners:
+                listening.append(i)
+            if leg.playback or leg.heard is not None:
+                playing.append(i)
+            if leg.send is not None:
+                sending.append(i)
+
+        # 1. decode the whole group at once, conceal the lost frames in one call
+        if read is None:
+            assert codec.batch is not None
             raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(n, -1)
             read = codec.batch.decode_batch(raw)
-        else:
-            read = np.empty((n, frame), dtype=np.int16)
-            for i, leg in enumerate(legs):
-                f = leg.jitter.pop(now)
-                lost[i] = f.status is FrameStatus.LOST
-                if leg.jitter.bytes_per_unit is None:  # packet mode (Opus)
-                    read[i] = leg._decode_packets(f.packets)
-                elif f.status is FrameStatus.PLAYED or f.status is FrameStatus.PARTIAL:
-                    # stateful sample codec (G.722): never feed it fill bytes
-                    read[i] = leg._decode_frame(f.payload)
-                else:
-                    read[i] = 0
-        if lost.any():
-            for i in np.flatnonzero(lost).tolist():
+        if lost_rows:
+            lost[lost_rows] = True
+            for i in lost_rows:
                 legs[i].stats.frames_lost += 1
         read = self._concealer(frame).process(read, lost, slots)
-        for leg, row in zip(legs, read, strict=True):
-            leg.last_read = row  # what a bridged peer hears next (LegBridge)
+        for i in bridged:
+            legs[i].last_read = read[i]  # what the bridged peer hears next (LegBridge)
 
         # 2. in-band DTMF, one detector call for the legs that want it
         inband = np.fromiter((leg.inband_dtmf for leg in legs), dtype=np.bool_, count=n)
@@ -615,15 +639,13 @@ class MediaEngine:
                         callbacks.append(partial(leg.silence_handler, leg, expiry))
 
         # 3. what each far end hears: playback or silence, encoded as a batch
-        write = np.empty((n, frame), dtype=np.int16)
-        for i, leg in enumerate(legs):
+        write = np.zeros((n, frame), dtype=np.int16)
+        for i in playing:
+            leg = legs[i]
             if leg.playback:
                 callbacks.extend(leg.playback.read_into(write[i]))
-            else:
-                write[i] = 0
             if leg.heard is not None:
                 write[i] = saturating_sum(write[i][None, :], leg.heard.read(frame)[None, :])[0]
-        sending = [i for i, leg in enumerate(legs) if leg.send is not None]
         if sending:
             if codec.batch is not None:
                 encoded = codec.batch.encode_batch(write[sending])
@@ -635,8 +657,8 @@ class MediaEngine:
 
         # 4. listeners, at the rate each asked for (one resampler call per rate pair)
         wanted: dict[int, list[int]] = {}
-        for i, leg in enumerate(legs):
-            for listener in leg.listeners:
+        for i in listening:
+            for listener in legs[i].listeners:
                 rows_for_rate = wanted.setdefault(listener.sample_rate, [])
                 if not rows_for_rate or rows_for_rate[-1] != i:
                     rows_for_rate.append(i)
