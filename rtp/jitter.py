@@ -124,7 +124,7 @@ class JitterBuffer:
         self.jump_units = round(max_jump * clock_rate)
         self.lost_after_units = round(lost_after * clock_rate)
         self.source = RtpSource(clock_rate)
-        self.stats = JitterStats()
+        self._stats = JitterStats()
         self._store: dict[int, tuple[int, bytes]] = {}  # extended ts -> (seq, payload)
         self._cursor: int | None = None  # extended ts of the next frame to play
         self._newest_end = 0  # extended ts just past the newest buffered audio
@@ -139,11 +139,8 @@ class JitterBuffer:
         self, ssrc: int, seq: int, timestamp: int, marker: bool, payload: bytes, now: float
     ) -> None:
         """Accept one audio packet (any order, duplicates and strays welcome)."""
-        stats = self.stats
+        stats = self._stats
         arrival = self.source.receive(ssrc, seq, timestamp, now)
-        stats.received = self.source.received
-        stats.lost = max(0, self.source.lost)
-        stats.jitter = self.source.jitter_seconds
         if arrival is Arrival.PROBATION or arrival is Arrival.STRAY:
             stats.dropped += 1
             return
@@ -181,7 +178,7 @@ class JitterBuffer:
             if arrival is Arrival.NEXT and not self._store:
                 # Our clock ran ahead of the sender's: play this talkspurt, don't drop it.
                 self._cursor = ext
-                self.stats.resyncs += 1
+                stats.resyncs += 1
             else:
                 stats.late += 1
                 return
@@ -191,6 +188,16 @@ class JitterBuffer:
         self._store[ext] = (seq, payload)
         if ext + units > self._newest_end:
             self._newest_end = ext + units
+
+    @property
+    def stats(self) -> JitterStats:
+        """The counters; received/lost/jitter are read from the RTP source now,
+        not re-derived on every packet (this runs for every packet of every call)."""
+        stats = self._stats
+        stats.received = self.source.received
+        stats.lost = max(0, self.source.lost)
+        stats.jitter = self.source.jitter_seconds
+        return stats
 
     # -- playout side -------------------------------------------------------------
 
@@ -298,7 +305,7 @@ class JitterBuffer:
     def _skip_to(self, new_cursor: int) -> None:
         cursor = self._cursor
         assert cursor is not None
-        self.stats.skipped_units += new_cursor - cursor
+        self._stats.skipped_units += new_cursor - cursor
         self._cursor = new_cursor
         for start in [k for k in self._store if k < new_cursor]:
             _, payload = self._store[start]
