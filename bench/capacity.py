@@ -100,9 +100,15 @@ def _pinned(cmd: list[str], cpu: int) -> list[str]:
     return [taskset, "-c", str(cpu), *cmd] if taskset and (os.cpu_count() or 1) > 1 else cmd
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TCK  # utime, stime
+    return int(fields[11]) / TCK, int(fields[12]) / TCK  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    user, system = cpu_times(pid)
+    return user + system
 
 
 def rss_bytes(pid: int) -> int:
@@ -175,6 +181,7 @@ class Row:
     impl: str
     calls: int
     cpu_pct: float
+    sys_pct: float  # the kernel's share of cpu_pct (system time: syscalls, loopback delivery)
     ticks: int
     overruns: int
     dropped: int
@@ -202,7 +209,14 @@ class Row:
 
 
 class Bench:
-    def __init__(self, work: Path, max_calls: int, log: IO[bytes], jitter_target: float) -> None:
+    def __init__(
+        self,
+        work: Path,
+        max_calls: int,
+        log: IO[bytes],
+        jitter_target: float,
+        profile: Path | None = None,
+    ) -> None:
         self.work = work
         self.hold_ms = 1000 * jitter_target + 20  # + up to one tick of alignment
         self.log = log
@@ -227,8 +241,16 @@ class Bench:
                 ]
             )
         )
+        # --profile: serve runs under pyinstrument (its overhead inflates CPU %, so
+        # read only the proportions), the text report lands where asked at exit.
+        profiler = (
+            ["-m", "pyinstrument", "--renderer", "text", "--show-all", "-o", str(profile)]
+            if profile is not None
+            else []
+        )
         serve_cmd = [
             PY,
+            *profiler,
             "-m",
             "mediaserver.cli",
             "--log-json",
@@ -307,9 +329,10 @@ class Bench:
         time.sleep(warm)
         pid = self.serve.pid
         self.receiver.ask("reset")
-        m0, c0, w0 = scrape(self.metrics_url), cpu_seconds(pid), time.monotonic()
+        m0, t0, w0 = scrape(self.metrics_url), cpu_times(pid), time.monotonic()
         time.sleep(window)
-        m1, c1, w1 = scrape(self.metrics_url), cpu_seconds(pid), time.monotonic()
+        m1, t1, w1 = scrape(self.metrics_url), cpu_times(pid), time.monotonic()
+        c0, c1 = sum(t0), sum(t1)
         got = self.receiver.ask("report")
         rss = rss_bytes(pid)
         self.loadgen.ask("stop", timeout=30)
@@ -325,6 +348,7 @@ class Bench:
             "serve (batched)",
             n,
             100 * cpu / (w1 - w0),
+            100 * (t1[1] - t0[1]) / (w1 - w0),
             int(delta("mediaserver_engine_tick_seconds_count")),
             int(delta("mediaserver_engine_overruns_total")),
             int(delta("mediaserver_listen_frames_dropped_total")) + missing,
@@ -357,9 +381,10 @@ class Bench:
             time.sleep(warm)
             pid = child.proc.pid
             self.receiver.ask("reset")
-            s0, c0, w0 = child.ask("report"), cpu_seconds(pid), time.monotonic()
+            s0, t0, w0 = child.ask("report"), cpu_times(pid), time.monotonic()
             time.sleep(window)
-            s1, c1, w1 = child.ask("report"), cpu_seconds(pid), time.monotonic()
+            s1, t1, w1 = child.ask("report"), cpu_times(pid), time.monotonic()
+            c0, c1 = sum(t0), sum(t1)
             got = self.receiver.ask("report")
             rss = rss_bytes(pid)
             self.loadgen.ask("stop", timeout=30)
@@ -374,6 +399,7 @@ class Bench:
             "naive per-call",
             n,
             100 * cpu / (w1 - w0),
+            100 * (t1[1] - t0[1]) / (w1 - w0),
             0,
             0,
             int(s1["dropped"] - s0["dropped"]) + missing,
@@ -392,6 +418,7 @@ def print_table(rows: list[Row]) -> None:
         "impl",
         "N",
         "CPU %",
+        "sys %",
         "ticks",
         "overrun",
         "dropped",
@@ -412,6 +439,7 @@ def print_table(rows: list[Row]) -> None:
                 r.impl,
                 str(r.calls),
                 f"{r.cpu_pct:.1f}",
+                f"{r.sys_pct:.1f}",
                 str(r.ticks) if r.ticks else "-",
                 str(r.overruns) if r.ticks else "-",
                 str(r.dropped),
@@ -439,13 +467,14 @@ def run(
     naive: bool,
     jitter_target: float = 0.04,
     keep_going: bool = False,
+    profile: Path | None = None,
 ) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         work = Path(tmp)
         log_path = work / "bench.log"
         with log_path.open("wb") as log:
-            bench = Bench(work, max(ramp), log, jitter_target)
+            bench = Bench(work, max(ramp), log, jitter_target, profile)
             try:
                 for n in ramp:
                     row = bench.batched(n, cps, warm, window)
@@ -503,6 +532,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     p.add_argument("--keep-going", action="store_true", help="run every N even after a miss")
+    p.add_argument(
+        "--profile",
+        type=Path,
+        help="run serve under pyinstrument and write its text report here (needs pyinstrument)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.ramp, args.warm, args.window = "10,20", 1.5, 3.0
@@ -522,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         naive=not args.no_naive,
         jitter_target=args.jitter_target,
         keep_going=args.keep_going,
+        profile=args.profile,
     )
     report(rows)
 

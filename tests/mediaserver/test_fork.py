@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.streams import StreamReader
 
-from mediaserver.fork import ForkConnectError, WebSocketFork
+from mediaserver.fork import ForkConnectError, WebSocketFork, binary_frame
 
 
 class Peer:
@@ -86,6 +88,46 @@ async def test_handshake_text_binary_and_close_1000() -> None:
     assert peer.messages[1:] == [bytes([i]) * 320 for i in range(5)]
     assert peer.close_code == 1000
     assert fork.frames_sent == 5 and fork.frames_dropped == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 320, 1280, 65535, 65536, 70000])
+def test_binary_frame_parses_as_a_masked_final_binary_frame(size: int) -> None:
+    data = bytes((i * 7 + 3) & 0xFF for i in range(size))
+    reader = StreamReader()
+    wires = [binary_frame(data) for _ in range(3)]
+    for wire in wires:
+        reader.feed_data(wire)
+    for wire in wires:
+        # websockets' own server-side parser, which insists on client masking
+        parser = Frame.parse(reader.read_exact, mask=True)
+        try:
+            next(parser)
+        except StopIteration as done:
+            frame = done.value
+        assert frame.opcode is Opcode.BINARY and frame.fin and not frame.rsv1
+        assert bytes(frame.data) == data
+        assert wire[1] & 0x80  # MASK bit
+    keys = {w[-size - 4 : len(w) - size] for w in wires}
+    assert len(keys) == 3  # a fresh masking key per frame
+
+
+async def test_text_and_audio_keep_their_order_on_the_wire() -> None:
+    peer = Peer()
+    async with peer as url:
+        fork = await WebSocketFork.connect(url, max_buffer_bytes=48000)
+        for i in range(50):
+            fork.send_audio(bytes([i]) * 640)
+            if i % 10 == 0:
+                fork.send_text(f"mark {i}")
+        await fork.close(1000)
+        await asyncio.wait_for(peer.closed.wait(), 5)
+    expected: list[Any] = []
+    for i in range(50):
+        expected.append(bytes([i]) * 640)
+        if i % 10 == 0:
+            expected.append(f"mark {i}")
+    assert peer.messages == expected
+    assert fork.bytes_sent == 50 * 640
 
 
 async def test_server_without_subprotocol_is_accepted() -> None:
