@@ -7,8 +7,11 @@ payload decoded with ``audioop.ulaw2lin`` — C, per packet — or a per-packet
 numpy table lookup where audioop is gone); the frame goes to a bounded
 per-call ``asyncio.Queue`` (3 s, oldest dropped and counted, as serve
 does); and one task per fork does ``await websocket.send(frame)``
-(websockets' asyncio client). No jitter buffer, no clock: that makes its
-latency a lower bound, and its CPU the cost of the per-item design.
+(websockets' asyncio client). Like serve it answers each call with RTP: one
+20 ms PCMU silence packet back to the sender per packet received (serve
+sends one per leg per tick), so both carry the same traffic. No jitter
+buffer, no clock: that makes its latency a lower bound, and its CPU the
+cost of the per-item design.
 
 Started with ``--port LOW --calls N --url ws://...``; prints ``{"ready": N}``
 once every fork is connected; line commands on stdin: ``report`` (packets
@@ -61,11 +64,23 @@ class Stats:
     sent = 0
 
 
-class NaiveLeg(asyncio.DatagramProtocol):
-    """One call: every datagram decoded and queued the moment it arrives."""
+_HEADER = struct.Struct("!BBHII")
+_SILENCE = b"\xff" * 160  # 20 ms of PCMU silence
 
-    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+
+class NaiveLeg(asyncio.DatagramProtocol):
+    """One call: every datagram decoded and queued the moment it arrives, and
+    answered with one packet of silence."""
+
+    def __init__(self, queue: asyncio.Queue[bytes], ssrc: int) -> None:
         self.queue = queue
+        self.ssrc = ssrc
+        self.seq = 0
+        self.ts = 0
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's UDPTransport
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if len(data) < 12:
@@ -75,6 +90,11 @@ class NaiveLeg(asyncio.DatagramProtocol):
             return
         offset = 12 + 4 * (first & 0x0F)
         Stats.packets += 1
+        if self.transport is not None:
+            self.seq = (self.seq + 1) & 0xFFFF
+            self.ts = (self.ts + 160) & 0xFFFFFFFF
+            packet = _HEADER.pack(0x80, 0, self.seq, self.ts, self.ssrc) + _SILENCE
+            self.transport.sendto(packet, addr)
         frame = DECODE(data[offset:])
         if self.queue.full():
             self.queue.get_nowait()
@@ -99,7 +119,7 @@ async def run(host: str, port: int, calls: int, url: str) -> None:
         await ws.send(json.dumps({"sampleRate": 8000, "mixType": "mono", "callSid": f"n{i}"}))
         sockets.append(ws)
         await loop.create_datagram_endpoint(
-            functools.partial(NaiveLeg, queue), local_addr=(host, port + 2 * i)
+            functools.partial(NaiveLeg, queue, 0x4E000000 + i), local_addr=(host, port + 2 * i)
         )
         tasks.append(asyncio.create_task(fork(ws, queue)))
     sys.stdout.write(json.dumps({"ready": calls}) + "\n")

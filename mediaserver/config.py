@@ -50,6 +50,9 @@ class ServerConfig:
     account_sid: str = ""
     application_sid: str = ""
     drain_seconds: float = 10.0  # on SIGTERM: how long calls get to end cleanly
+    # processes sharing the SIP port (SO_REUSEPORT); each gets 1/N of the RTP range and
+    # ceil(max_calls / N) calls
+    workers: int = 1
     # [listen]
     listen_buffer: float = 3.0  # seconds of audio a fork buffers for a slow receiver
     tls_verify: bool = True  # verify wss:// certificates (false: lab self-signed certs)
@@ -94,6 +97,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "account_sid": "account_sid",
         "application_sid": "application_sid",
         "drain_seconds": "drain_seconds",
+        "workers": "workers",
     },
     "listen": {"buffer_seconds": "listen_buffer", "tls_verify": "tls_verify"},
     "admin": {"enabled": "admin_enabled", "host": "admin_host", "port": "admin_port"},
@@ -198,6 +202,14 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
         raise ConfigError(f"[media] ptime: must be 10, 20, 30, 40 or 60 ms, got {cfg.ptime}")
     if cfg.max_calls < 1:
         raise ConfigError(f"[calls] max_calls: must be >= 1, got {cfg.max_calls}")
+    if cfg.workers < 1:
+        raise ConfigError(f"[calls] workers: must be >= 1, got {cfg.workers}")
+    ports = cfg.rtp_port_high - cfg.rtp_port_low + 1
+    if ports < 2 * cfg.workers:
+        raise ConfigError(
+            f"[rtp] port_low/port_high: {cfg.workers} workers need at least "
+            f"{2 * cfg.workers} ports (2 each), got {ports} ({cfg.rtp_port_low}-{cfg.rtp_port_high})"
+        )
     if cfg.app_timeout <= 0:
         raise ConfigError(f"[calls] app_timeout: must be > 0, got {cfg.app_timeout}")
     if not 0 <= cfg.drain_seconds <= 3600:

@@ -274,14 +274,18 @@ class Leg:
     # -- receive side (called from the socket callback) -------------------------
 
     def receive_datagram(self, data: bytes, now: float) -> None:
-        self.stats.datagrams += 1
-        if is_rtcp(data):
-            self.stats.rtcp += 1
-            return
+        stats = self.stats
+        stats.datagrams += 1
         try:
             pt, marker, seq, ts, ssrc, lo, hi = parse_header(data)
         except RtpError:
-            self.stats.malformed += 1
+            if is_rtcp(data):  # e.g. a short RTCP packet
+                stats.rtcp += 1
+            else:
+                stats.malformed += 1
+            return
+        if marker and 64 <= pt <= 95:  # second octet 192-223: RTCP (= is_rtcp, RFC 5761)
+            stats.rtcp += 1
             return
         self.last_packet_at = now
         if pt == self.payload_type:
@@ -359,7 +363,13 @@ class Leg:
                 self._send_pcm = self._send_pcm[per_packet:]
 
     def _emit_audio(self, body: bytes) -> None:
-        self._emit(body, self.payload_type, self._ts, self._marker)
+        # _emit, inlined: this runs for every leg every tick
+        send = self.send
+        if send is not None:
+            pt = self.payload_type
+            send(build_packet(pt, self._marker, self._seq, self._ts & 0xFFFFFFFF, self._ssrc, body))
+            self._seq = (self._seq + 1) & 0xFFFF
+            self.stats.packets_sent += 1
         self._marker = False
         self._ts += self._packet_units
 
@@ -650,7 +660,11 @@ class MediaEngine:
             if codec.batch is not None:
                 encoded = codec.batch.encode_batch(write[sending])
                 for row, i in enumerate(sending):
-                    legs[i]._send_tick(write[i], encoded[row].tobytes())
+                    leg = legs[i]
+                    if leg._packet_samples == frame and not leg._dtmf_out and not leg._send_bytes:
+                        leg._emit_audio(encoded[row].tobytes())  # _send_tick's usual case
+                    else:
+                        leg._send_tick(write[i], encoded[row].tobytes())
             else:
                 for i in sending:
                     legs[i]._send_tick(write[i], None)

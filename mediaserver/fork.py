@@ -209,7 +209,7 @@ class WebSocketFork(asyncio.Protocol):
 
     def send_audio(self, data: bytes) -> None:
         """Send one audio frame now, or keep it in the bounded backlog while paused."""
-        if not self.open:
+        if self._closed or self.ws.state is not State.OPEN:  # self.open, inlined: hot path
             return
         if self._paused or self._backlog:
             self._backlog.append(data)

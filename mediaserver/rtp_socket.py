@@ -117,10 +117,9 @@ class RtpSocket(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        source = (str(addr[0]), int(addr[1]))
-        if source != self.remote and not self.latched:
-            self.remote = source  # symmetric RTP: answer where the media comes from
-        self.latched = True
+        if not self.latched:  # symmetric RTP: answer where the media comes from
+            self.remote = (str(addr[0]), int(addr[1]))
+            self.latched = True
         self.leg.receive_datagram(data, self._media_now())
 
     def error_received(self, exc: Exception) -> None:
