@@ -14,7 +14,14 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "ServerConfig", "load_config", "parse_host_port", "parse_port_range"]
+__all__ = [
+    "ConfigError",
+    "ServerConfig",
+    "load_config",
+    "parse_host_port",
+    "parse_port_range",
+    "worker_share",
+]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -207,8 +214,8 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
     ports = cfg.rtp_port_high - cfg.rtp_port_low + 1
     if ports < 2 * cfg.workers:
         raise ConfigError(
-            f"[rtp] port_low/port_high: {cfg.workers} workers need at least "
-            f"{2 * cfg.workers} ports (2 each), got {ports} ({cfg.rtp_port_low}-{cfg.rtp_port_high})"
+            f"[rtp] port_low/port_high: {cfg.workers} workers need at least {2 * cfg.workers} "
+            f"ports (2 each), got {ports} ({cfg.rtp_port_low}-{cfg.rtp_port_high})"
         )
     if cfg.app_timeout <= 0:
         raise ConfigError(f"[calls] app_timeout: must be > 0, got {cfg.app_timeout}")
@@ -224,6 +231,29 @@ def _validate(cfg: ServerConfig) -> ServerConfig:
     if cfg.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"[log] level: DEBUG, INFO, WARNING or ERROR, got {cfg.log_level!r}")
     return cfg
+
+
+def worker_share(cfg: ServerConfig, index: int) -> ServerConfig:
+    """The configuration worker ``index`` of ``cfg.workers`` runs with.
+
+    Each worker gets its own slice of the RTP range (equal, even-sized and
+    disjoint, so every slice holds the same number of even ports; a
+    remainder at the top goes unused) and ``ceil(max_calls / workers)``
+    calls. Its admin endpoint is private (loopback, any free port): the
+    supervisor serves the public one.
+    """
+    if not 0 <= index < cfg.workers:
+        raise ValueError(f"worker index {index} out of 0..{cfg.workers - 1}")
+    size = (cfg.rtp_port_high - cfg.rtp_port_low + 1) // cfg.workers // 2 * 2
+    low = cfg.rtp_port_low + index * size
+    return replace(
+        cfg,
+        rtp_port_low=low,
+        rtp_port_high=low + size - 1,
+        max_calls=-(-cfg.max_calls // cfg.workers),
+        admin_host="127.0.0.1",
+        admin_port=0,
+    )
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfig:

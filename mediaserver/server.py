@@ -1,7 +1,8 @@
 """``mediaserver serve``: the SIP front door and the process that runs calls.
 
 Owns the asyncio side of SIP: one UDP socket pumping datagrams into the
-sans-I/O ``SipEndpoint`` and its datagrams and timers back out; the
+sans-I/O ``SipEndpoint`` and its datagrams and timers back out (as a worker
+of ``serve --workers N``: two sockets, see ``SipServer``); the
 allowed-source list (a request from outside ``[sip] allowed_sources`` is
 answered 403 here, statelessly, before the endpoint sees it); turning SIP
 events into calls (limits, SDP offer/answer, 488/503/500 refusals); the
@@ -64,13 +65,34 @@ from rtp.sip.message import SipRequest, build_response, parse_message
 __all__ = ["SipServer", "run_server"]
 
 _SOURCE_CACHE = 4096  # allowed/forbidden verdicts remembered per source address
+# How long the arrival socket of an INVITE is remembered for its timer-driven responses
+# (2xx and error retransmissions, 408): the endpoint's answer timeout (180 s) + 64*T1 + slack.
+_INVITE_MEMORY = 240.0
 
 
 class SipServer(asyncio.DatagramProtocol):
-    """SIP over UDP for ``serve``: every call's signalling goes through here."""
+    """SIP over UDP for ``serve``: every call's signalling goes through here.
 
-    def __init__(self, config: ServerConfig, engine: MediaEngine, clock: EngineClock) -> None:
+    With ``shared_port`` (a worker of ``serve --workers N``) it binds the
+    public ``[sip] host:port`` with ``SO_REUSEPORT`` (the kernel hands each
+    worker the datagrams of some source addresses) and a private port of its
+    own on the same host, which the endpoint advertises in Contact and Via:
+    in-dialog requests and responses to our requests come straight back to
+    this worker. Requests we send leave from the private socket; a response
+    leaves from the socket its request arrived on (RFC 3581 §4), so a caller
+    behind NAT sees it come from the address it sent to.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        engine: MediaEngine,
+        clock: EngineClock,
+        *,
+        shared_port: bool = False,
+    ) -> None:
         self.config = config
+        self.shared_port = shared_port
         self.engine = engine
         self.clock = clock
         self.ports = PortPool(config.rtp_address, config.rtp_port_low, config.rtp_port_high)
@@ -86,7 +108,13 @@ class SipServer(asyncio.DatagramProtocol):
         self._allowed = config.allowed_networks
         self._verdicts: dict[str, bool] = {}
         self._call_tasks: set[asyncio.Task[None]] = set()
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: asyncio.DatagramTransport | None = None  # the [sip] port
+        # shared_port only: the private socket and what was received on the public one
+        self.private_port: int | None = None
+        self._private: asyncio.DatagramTransport | None = None
+        self._arrival: asyncio.DatagramTransport | None = None  # of the datagram in hand
+        self._invite_sockets: dict[CallHandle, asyncio.DatagramTransport] = {}
+        self._public_invites: dict[tuple[str, int, str], float] = {}  # (Call-ID, CSeq) -> time
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -99,19 +127,30 @@ class SipServer(asyncio.DatagramProtocol):
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        host, port = self.config.sip_host, self.config.sip_port
+        advertised = port
+        if self.shared_port:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _PrivateSipSocket(self), local_addr=(host, 0)
+            )
+            self._private = transport
+            advertised = self.private_port = int(transport.get_extra_info("sockname")[1])
         self.endpoint = SipEndpoint(
-            self.config.sip_host,
-            self.config.sip_port,
-            now=loop.time(),
-            user_agent=self.config.user_agent,
+            host, advertised, now=loop.time(), user_agent=self.config.user_agent
         )
-        await loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.config.sip_host, self.config.sip_port)
-        )
+        try:
+            await loop.create_datagram_endpoint(
+                lambda: self, local_addr=(host, port), reuse_port=self.shared_port or None
+            )
+        except OSError:
+            if self._private is not None:
+                self._private.close()
+            raise
         self._watchdog = loop.create_task(self._rtp_watchdog())
         self.log.info(
-            "serve.listening",
-            sip=f"{self.config.sip_host}:{self.config.sip_port}",
+            "serve.worker_listening" if self.shared_port else "serve.listening",
+            sip=f"{host}:{port}",
+            sip_private=self.private_port,
             rtp_ports=f"{self.config.rtp_port_low}-{self.config.rtp_port_high}",
             app=self.config.app or None,
             max_calls=self.config.max_calls,
@@ -173,6 +212,8 @@ class SipServer(asyncio.DatagramProtocol):
             self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
+        if self._private is not None:
+            self._private.close()
 
     def _drained(self) -> bool:
         """No call task left and no SIP call left (every BYE answered or given up)."""
@@ -187,18 +228,34 @@ class SipServer(asyncio.DatagramProtocol):
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        assert self.endpoint is not None and self._loop is not None
+        assert self._transport is not None
+        self.receive(data, addr, self._transport)
+
+    def receive(
+        self, data: bytes, addr: tuple[str | int, ...], socket: asyncio.DatagramTransport
+    ) -> None:
+        """A datagram from ``addr`` on ``socket`` (the public one, or a worker's private one)."""
+        if self.endpoint is None or self._loop is None:
+            return  # a worker's private port, before start() finished: nobody knows it yet
         source = (str(addr[0]), int(addr[1]))
-        if self._allowed and not self._source_allowed(source[0]) and not self._admit(data, source):
+        if (
+            self._allowed
+            and not self._source_allowed(source[0])
+            and not self._admit(data, source, socket)
+        ):
             return
         if (
             not self.accepting
             and data.startswith(b"OPTIONS ")
-            and self._draining_options(data, source)
+            and self._draining_options(data, source, socket)
         ):
             return
-        self.endpoint.receive_datagram(data, source, self._loop.time())
-        self._pump()
+        self._arrival = socket
+        try:
+            self.endpoint.receive_datagram(data, source, self._loop.time())
+            self._pump(socket)
+        finally:
+            self._arrival = None
 
     # -- allowed sources ---------------------------------------------------------------
 
@@ -220,7 +277,9 @@ class SipServer(asyncio.DatagramProtocol):
             self._verdicts[host] = verdict
         return verdict
 
-    def _admit(self, data: bytes, source: tuple[str, int]) -> bool:
+    def _admit(
+        self, data: bytes, source: tuple[str, int], socket: asyncio.DatagramTransport
+    ) -> bool:
         """A datagram from a source outside ``allowed_sources``: let it through?
 
         Responses, and requests inside a dialog (To tag), go to the endpoint:
@@ -245,11 +304,12 @@ class SipServer(asyncio.DatagramProtocol):
         self.log.debug("sip.forbidden", source=f"{source[0]}:{source[1]}", method=message.method)
         if message.method == "INVITE":
             self._count("rejected-403")
-        if self._transport is not None:
-            self._transport.sendto(response, destination)
+        socket.sendto(response, destination)
         return False
 
-    def _draining_options(self, data: bytes, source: tuple[str, int]) -> bool:
+    def _draining_options(
+        self, data: bytes, source: tuple[str, int], socket: asyncio.DatagramTransport
+    ) -> bool:
         """While draining, OPTIONS probes (a load balancer's) get 503: take us out now.
 
         True when answered here; anything unparseable goes on to the endpoint.
@@ -264,8 +324,7 @@ class SipServer(asyncio.DatagramProtocol):
             )
         except SipRemoteError:
             return False
-        if self._transport is not None:
-            self._transport.sendto(response, destination)
+        socket.sendto(response, destination)
         return True
 
     def _stateless_response(
@@ -299,8 +358,13 @@ class SipServer(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         self.log.debug("sip.socket_error", error=str(exc))
 
-    def _pump(self) -> None:
-        """Send what the endpoint queued, handle its events, re-arm its timer."""
+    def _pump(self, responses: asyncio.DatagramTransport | None = None) -> None:
+        """Send what the endpoint queued, handle its events, re-arm its timer.
+
+        ``responses``: the socket the responses now queued answer requests
+        from (the datagram in hand's, or the inbound call's INVITE's); None
+        when not known (a timer fired). Only a worker has more than one.
+        """
         endpoint, loop = self.endpoint, self._loop
         assert endpoint is not None and loop is not None
         while True:
@@ -311,7 +375,10 @@ class SipServer(asyncio.DatagramProtocol):
                 self._on_event(event)
             except Exception:  # one bad call must not stop the server
                 self.log.exception("sip.event_failed", event=type(event).__name__)
-        if self._transport is not None:
+        if self._private is not None:
+            for data, addr in endpoint.datagrams_to_send(loop.time()):
+                self._send(data, addr, responses)
+        elif self._transport is not None:
             for data, addr in endpoint.datagrams_to_send(loop.time()):
                 self._transport.sendto(data, addr)
         deadline = endpoint.get_timer()
@@ -320,6 +387,56 @@ class SipServer(asyncio.DatagramProtocol):
             self._timer = None
         if deadline is not None:
             self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _send(
+        self, data: bytes, addr: tuple[str, int], responses: asyncio.DatagramTransport | None
+    ) -> None:
+        """A worker's datagram out: requests from the private socket (their Via names
+        it), responses from the socket their request arrived on."""
+        assert self._private is not None
+        socket = self._private
+        if data.startswith(b"SIP/2.0 "):
+            socket = responses if responses is not None else self._response_socket(data)
+        socket.sendto(data, addr)
+
+    def _response_socket(self, data: bytes) -> asyncio.DatagramTransport:
+        """Which socket a timer-driven response leaves from.
+
+        Only INVITE responses are sent on timers (2xx and error
+        retransmissions, 408); the public socket if their INVITE came in there.
+        """
+        assert self._private is not None and self.endpoint is not None
+        if self._public_invites and self._transport is not None:
+            try:
+                message = parse_message(data, limits=self.endpoint.limits)
+                cseq = message.cseq
+                key = (message.call_id, cseq.number, cseq.method)
+            except SipRemoteError:
+                return self._private
+            if key in self._public_invites:
+                return self._transport
+        return self._private
+
+    def _remember_invite(self, request: SipRequest) -> None:
+        """A worker: note an INVITE that came in on the public socket, so the
+        responses sent later (answer, reject, retransmissions) leave from it too."""
+        if self._arrival is None or self._arrival is self._private or self._loop is None:
+            return
+        now = self._loop.time()
+        invites = self._public_invites
+        while invites:  # oldest first: forget what no timer can still answer
+            oldest = next(iter(invites))
+            if now - invites[oldest] < _INVITE_MEMORY:
+                break
+            del invites[oldest]
+        cseq = request.cseq
+        invites[(request.call_id, cseq.number, cseq.method)] = now
+
+    def _call_socket(self, call: Call) -> asyncio.DatagramTransport | None:
+        """Where responses to ``call``'s INVITE leave from (None: one socket only)."""
+        if self._private is None or call.handle is None:
+            return None
+        return self._invite_sockets.get(call.handle, self._private)
 
     def _on_timer(self) -> None:
         assert self.endpoint is not None and self._loop is not None
@@ -418,18 +535,18 @@ class SipServer(asyncio.DatagramProtocol):
     def answer(self, call: Call, sdp: bytes) -> None:
         assert self.endpoint is not None and call.handle is not None
         self.endpoint.answer(call.handle, sdp)
-        self._pump()
+        self._pump(self._call_socket(call))
 
     def reject(self, call: Call, status: int, reason: str | None = None) -> None:
         assert self.endpoint is not None and call.handle is not None
         with contextlib.suppress(Exception):  # already answered or gone: nothing to refuse
             self.endpoint.reject(call.handle, status, reason)
-        self._pump()
+        self._pump(self._call_socket(call))
 
     def hangup(self, call: Call) -> None:
         assert self.endpoint is not None and call.handle is not None
         self.endpoint.hangup(call.handle)
-        self._pump()
+        self._pump(self._call_socket(call))
 
     # -- SIP events ----------------------------------------------------------------
 
@@ -439,11 +556,14 @@ class SipServer(asyncio.DatagramProtocol):
     def _forget(self, handle: CallHandle) -> Call | None:
         """Take the call off the live list (once); its totals go to the metrics."""
         call = self.calls.pop(handle, None)
+        self._invite_sockets.pop(handle, None)
         if call is not None:
             self.metrics.call_forgotten(call)
         return call
 
     def _on_event(self, event: SipEvent) -> None:
+        if self._private is not None and isinstance(event, IncomingCall | CallReinvited):
+            self._remember_invite(event.request)
         handle = getattr(event, "call", None)
         if isinstance(handle, CallHandle) and handle.direction == "outbound":
             self._outgoing_event(handle, event)
@@ -533,6 +653,8 @@ class SipServer(asyncio.DatagramProtocol):
             verify_tls=self.config.tls_verify,
         )
         self.calls[handle] = call
+        if self._arrival is not None and self._arrival is not self._private:
+            self._invite_sockets[handle] = self._arrival  # a worker: answer from the public port
         assert self._loop is not None
         context = contextvars.copy_context()  # this server's metrics hear the call's hooks
         context.run(hook_observer.set, self.metrics.observe_hook)
@@ -598,6 +720,24 @@ class SipServer(asyncio.DatagramProtocol):
                     call.log.warning("call.rtp_timeout", seconds=round(since, 1))
                     self.hangup(call)
                     call.end("rtp-timeout")
+
+
+class _PrivateSipSocket(asyncio.DatagramProtocol):
+    """A worker's private SIP port: what arrives goes to the same ``SipServer``."""
+
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.transport is not None:
+            self.server.receive(data, addr, self.transport)
+
+    def error_received(self, exc: Exception) -> None:
+        self.server.error_received(exc)
 
 
 async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None) -> int:
