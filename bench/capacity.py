@@ -96,15 +96,39 @@ def _free_range(count: int, avoid: tuple[int, int] = (0, 0)) -> int:
     raise RuntimeError(f"no {count} free UDP ports")
 
 
-def _pinned(cmd: list[str], cpu: int) -> list[str]:
+def _pinned(cmd: list[str], cpu: int | str) -> list[str]:
     taskset = shutil.which("taskset")
     return [taskset, "-c", str(cpu), *cmd] if taskset and (os.cpu_count() or 1) > 1 else cmd
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (serve --workers N runs N worker children)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TCK, int(fields[12]) / TCK  # utime, stime
+    """(user, system) CPU seconds of ``pid`` and its descendants so far."""
+    user = system = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11]) / TCK
+        system += int(fields[12]) / TCK
+    return user, system
 
 
 def cpu_seconds(pid: int) -> float:
@@ -113,10 +137,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    """VmRSS of ``pid`` and its descendants."""
+    total = 0
+    for p in process_tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -219,6 +250,7 @@ class Bench:
         profile: Path | None = None,
         mix: str = "mono",
         rate: int = 8000,
+        workers: int = 1,
     ) -> None:
         self.work = work
         # the receiver's send-time marker only survives 8 kHz mono (no resampling)
@@ -273,6 +305,8 @@ class Bench:
             "--admin",
             f"127.0.0.1:{self.admin_port}",
         ]
+        if workers > 1:
+            serve_cmd += ["--workers", str(workers)]
         config = work / "server.toml"
         config.write_text(f"[rtp]\njitter_target = {jitter_target}\n")
         serve_cmd[serve_cmd.index("serve") + 1 : serve_cmd.index("serve") + 1] = [
@@ -281,14 +315,18 @@ class Bench:
         ]
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         self.serve = subprocess.Popen(
-            _pinned(serve_cmd, 0), stdout=log, stderr=log, env=env, cwd=ROOT
+            _pinned(serve_cmd, f"0-{workers - 1}" if workers > 1 else 0),
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=ROOT,
         )
         self.metrics_url = f"http://127.0.0.1:{self.admin_port}/metrics"
         self._wait_serve()
         self.serve_rss0 = rss_bytes(self.serve.pid)
-        self.loadgen = self._child(
-            _pinned([PY, str(BENCH / "_loadgen.py"), "--target", f"127.0.0.1:{self.sip_port}"], 1)
-        )
+        loadgen = [PY, str(BENCH / "_loadgen.py"), "--target", f"127.0.0.1:{self.sip_port}"]
+        # one worker: the load generator gets the other core; more: it shares them
+        self.loadgen = self._child(_pinned(loadgen, 1) if workers == 1 else loadgen)
 
     def _child(self, cmd: list[str]) -> Child:
         child = Child(cmd, self.log)
@@ -477,13 +515,14 @@ def run(
     profile: Path | None = None,
     mix: str = "mono",
     rate: int = 8000,
+    workers: int = 1,
 ) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="capacity-") as tmp:
         work = Path(tmp)
         log_path = work / "bench.log"
         with log_path.open("wb") as log:
-            bench = Bench(work, max(ramp), log, jitter_target, profile, mix, rate)
+            bench = Bench(work, max(ramp), log, jitter_target, profile, mix, rate, workers)
             try:
                 for n in ramp:
                     row = bench.batched(n, cps, warm, window)
@@ -502,11 +541,9 @@ def run(
     return rows
 
 
-def report(rows: list[Row], mix: str = "mono", rate: int = 8000) -> None:
-    print(
-        f"== capacity: listen {rate // 1000} kHz {mix}, PCMU 20 ms over UDP loopback, "
-        "serve on CPU 0 =="
-    )
+def report(rows: list[Row], mix: str = "mono", rate: int = 8000, workers: int = 1) -> None:
+    where = "serve on CPU 0" if workers == 1 else f"serve --workers {workers} on CPUs 0-{workers - 1}"
+    print(f"== capacity: listen {rate // 1000} kHz {mix}, PCMU 20 ms over UDP loopback, {where} ==")
     if (mix, rate) != ("mono", 8000):
         print(
             "(latency not measured: the send-time marker does not survive resampling or "
@@ -557,6 +594,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--rate", type=int, default=8000, help="listen sampleRate (8000 = no resampling)"
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="serve --workers N, pinned to CPUs 0..N-1 (CPU and RSS summed over the workers)",
+    )
     p.add_argument("--keep-going", action="store_true", help="run every N even after a miss")
     p.add_argument(
         "--profile",
@@ -585,8 +628,9 @@ def main(argv: list[str] | None = None) -> None:
         profile=args.profile,
         mix=args.mix,
         rate=args.rate,
+        workers=args.workers,
     )
-    report(rows, args.mix, args.rate)
+    report(rows, args.mix, args.rate, args.workers)
 
 
 if __name__ == "__main__":
