@@ -542,7 +542,9 @@ def run(
 
 
 def report(rows: list[Row], mix: str = "mono", rate: int = 8000, workers: int = 1) -> None:
-    where = "serve on CPU 0" if workers == 1 else f"serve --workers {workers} on CPUs 0-{workers - 1}"
+    where = "serve on CPU 0"
+    if workers > 1:
+        where = f"serve --workers {workers} on CPUs 0-{workers - 1}"
     print(f"== capacity: listen {rate // 1000} kHz {mix}, PCMU 20 ms over UDP loopback, {where} ==")
     if (mix, rate) != ("mono", 8000):
         print(
