@@ -224,6 +224,20 @@ class Row:
     rss_per_call_kb: float
     cpu_ms_per_call_s: float
     hold_ms: float  # deliberate delay inside (serve's jitter buffer), excluded for the target
+    rss_track: tuple[float, ...] = ()  # MB, sampled evenly over the window (serve only)
+
+    def rss_drift(self) -> str:
+        """How RSS moved over the window: first, last, min, max and the spread in %."""
+        if len(self.rss_track) < 2:
+            return ""
+        first, last = self.rss_track[0], self.rss_track[-1]
+        lo, hi = min(self.rss_track), max(self.rss_track)
+        return (
+            f"N={self.calls}: RSS over the window ({len(self.rss_track)} samples): first "
+            f"{first:.1f} MB, last {last:.1f} MB, min {lo:.1f}, max {hi:.1f}; "
+            f"last vs first {100 * (last - first) / first:+.1f} %, "
+            f"max vs min {100 * (hi - lo) / lo:.1f} %"
+        )
 
     @property
     def realtime(self) -> float:
@@ -373,7 +387,11 @@ class Bench:
         pid = self.serve.pid
         self.receiver.ask("reset")
         m0, t0, w0 = scrape(self.metrics_url), cpu_times(pid), time.monotonic()
-        time.sleep(window)
+        track = [rss_bytes(pid) / 2**20]
+        step = max(1.0, window / 20)
+        while (left := w0 + window - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+            track.append(rss_bytes(pid) / 2**20)
         m1, t1, w1 = scrape(self.metrics_url), cpu_times(pid), time.monotonic()
         c0, c1 = sum(t0), sum(t1)
         got = self.receiver.ask("report")
@@ -404,6 +422,7 @@ class Bench:
             (rss - self.serve_rss0) / n / 1024,
             1000 * cpu / (n * (w1 - w0)),
             self.hold_ms,
+            tuple(track),
         )
 
     def naive(self, n: int, warm: float, window: float) -> Row:
@@ -565,6 +584,9 @@ def report(rows: list[Row], mix: str = "mono", rate: int = 8000, workers: int = 
                 f"  N={n}: serve {b.cpu_ms_per_call_s:.3f}, naive {v.cpu_ms_per_call_s:.3f}, "
                 f"ratio {ratio:.2f}x"
             )
+    for r in rows:
+        if r.rss_drift():
+            print(r.rss_drift())
     hold = max((r.hold_ms for r in rows), default=0.0)
     print(
         "latency = RTP packet sent -> WebSocket frame received; serve's includes its "
