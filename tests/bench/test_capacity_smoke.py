@@ -48,7 +48,8 @@ def test_quick_ramp_prints_the_table_with_zero_drops() -> None:
     }, result.stdout
     header = next(line for line in result.stdout.splitlines() if line.startswith("impl"))
     # the rows' cells start at N; the header's at "impl"
-    dropped = header.replace("CPU %", "CPU%").split().index("dropped") - 1
+    dropped = header.replace("CPU %", "CPU%").replace("sys %", "sys%").split().index("dropped") - 1
     for key, cells in rows.items():
         assert cells[dropped] == "0", f"{key}: frames dropped at small N\n{result.stdout}"
     assert "batching gain" in result.stdout
+    assert "RSS over the window" in result.stdout
