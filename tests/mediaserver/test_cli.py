@@ -26,7 +26,7 @@ def test_help_describes_serve_call_and_receiver() -> None:
     for name in ("serve", "call", "receiver", "demo"):
         assert name in res.stdout
     serve = run_cli("serve", "--help").stdout
-    for opt in ("--config", "--sip", "--rtp-ports", "--app", "--max-calls"):
+    for opt in ("--config", "--sip", "--rtp-ports", "--app", "--max-calls", "--workers"):
         assert opt in serve
     call = run_cli("call", "--help").stdout
     for opt in ("--caller", "--callee", "--dtmf", "--dtmf-mode", "--codec", "--speed", "--calls"):
@@ -50,3 +50,8 @@ def test_serve_reports_a_bad_config_value_by_field(tmp_path: object) -> None:
     assert "[rtp] port_low/port_high" in res.stderr
     res = run_cli("serve", "--sip", "127.0.0.1:99999")
     assert res.returncode == 2 and "--sip: port must be 1..65535" in res.stderr
+    res = run_cli("serve", "--workers", "0")
+    assert res.returncode == 2 and "[calls] workers: must be >= 1, got 0" in res.stderr
+    res = run_cli("serve", "--workers", "3", "--rtp-ports", "40000-40004")
+    assert res.returncode == 2
+    assert "[rtp] port_low/port_high: 3 workers need at least 6 ports" in res.stderr

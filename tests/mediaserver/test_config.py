@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mediaserver.config import (
     ConfigError,
@@ -12,6 +14,7 @@ from mediaserver.config import (
     load_config,
     parse_host_port,
     parse_port_range,
+    worker_share,
 )
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "server.toml"
@@ -49,6 +52,11 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
         ("[admin]\nport = 70000\n", "[admin] port: must be 0..65535"),
         ('[admin]\nhost = "admin.lan"\n', "[admin] host: need an IP address"),
         ('[admin]\nenabled = "yes"\n', "[admin] enabled: must be true or false"),
+        ("[calls]\nworkers = 0\n", "[calls] workers: must be >= 1, got 0"),
+        (
+            "[calls]\nworkers = 3\n[rtp]\nport_low = 40000\nport_high = 40004\n",
+            "[rtp] port_low/port_high: 3 workers need at least 6 ports (2 each), got 5",
+        ),
     ],
 )
 def test_bad_values_name_the_field(tmp_path: Path, toml: str, message: str) -> None:
@@ -88,3 +96,42 @@ def test_operations_options(tmp_path: Path) -> None:
         8081,
     )
     assert defaults.drain_seconds == 10.0
+
+
+@given(
+    workers=st.integers(1, 8),
+    low=st.integers(1024, 60000),
+    size=st.integers(2, 4000),
+    max_calls=st.integers(1, 5000),
+)
+def test_workers_get_disjoint_equal_rtp_slices_and_their_share_of_calls(
+    workers: int, low: int, size: int, max_calls: int
+) -> None:
+    if size < 2 * workers:
+        size = 2 * workers
+    cfg = load_config(
+        None, workers=workers, rtp_port_low=low, rtp_port_high=low + size - 1, max_calls=max_calls
+    )
+    shares = [worker_share(cfg, i) for i in range(workers)]
+    previous_high = low - 1
+    for share in shares:
+        # inside the range, after the previous slice, the same even size for everyone
+        assert previous_high < share.rtp_port_low <= share.rtp_port_high <= cfg.rtp_port_high
+        slice_size = share.rtp_port_high - share.rtp_port_low + 1
+        assert slice_size % 2 == 0 and slice_size >= 2
+        assert slice_size == shares[0].rtp_port_high - shares[0].rtp_port_low + 1
+        previous_high = share.rtp_port_high
+        assert share.max_calls == -(-max_calls // workers)  # ceil: together at least max_calls
+        assert (share.admin_host, share.admin_port) == ("127.0.0.1", 0)  # private, any port
+        assert (share.sip_host, share.sip_port, share.app) == (cfg.sip_host, cfg.sip_port, cfg.app)
+    assert cfg.rtp_port_high - previous_high < 2 * workers  # at most a remainder is unused
+    with pytest.raises(ValueError):
+        worker_share(cfg, workers)
+
+
+def test_workers_option(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text("[calls]\nworkers = 2\n")
+    assert load_config(path).workers == 2
+    assert load_config(path, workers=4).workers == 4
+    assert ServerConfig().workers == 1
