@@ -33,13 +33,15 @@ def _run_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from mediaserver.config import ConfigError, load_config, parse_host_port, parse_port_range
-    from mediaserver.server import run_server
 
+    if args.worker_channel is not None:
+        return _run_serve_worker(args.worker_channel)
     try:
         overrides: dict[str, object] = {
             "app": args.app,
             "max_calls": args.max_calls,
             "dump_dir": args.dump_dir,
+            "workers": args.workers,
         }
         if args.sip:
             overrides["sip_host"], overrides["sip_port"] = parse_host_port(args.sip)
@@ -53,12 +55,40 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mediaserver serve: {exc}", file=sys.stderr)
         return 2
+    if config.workers > 1:
+        from mediaserver.workers import run_supervisor
+
+        # the workers log exactly as we do (their output reaches a pipe, not a terminal)
+        log_json = args.log_json if args.log_json is not None else not sys.stderr.isatty()
+        log_args = ["--log-level", args.log_level, "--log-json" if log_json else "--no-log-json"]
+        return run_supervisor(config, log_args)
+    from mediaserver.server import run_server
+
     try:
         import uvloop  # the stock loop costs ~6x more CPU per RTP packet (ARCHITECTURE.md)
 
         return uvloop.run(run_server(config))
     except ImportError:
         return asyncio.run(run_server(config))
+
+
+def _run_serve_worker(channel: int) -> int:
+    """One worker of ``serve --workers N``: its configuration comes from the supervisor."""
+    import asyncio
+
+    from mediaserver.server import run_server
+    from mediaserver.workers import WorkerLink
+
+    link = WorkerLink.open(channel)
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(run_server(link.config, worker=link))
+        except ImportError:
+            return asyncio.run(run_server(link.config, worker=link))
+    finally:
+        link.close()
 
 
 def _run_call(args: argparse.Namespace) -> int:
@@ -120,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin", metavar="HOST:PORT", help="admin HTTP endpoint (/health, /metrics, /calls)"
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="N processes sharing the SIP port (Linux SO_REUSEPORT), to use N cores",
+    )
+    # a worker of serve --workers N: the supervisor's end of the channel (workers.py)
+    serve.add_argument("--worker-channel", type=int, metavar="FD", help=argparse.SUPPRESS)
     serve.set_defaults(func=_run_serve)
 
     call = sub.add_parser(

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+import structlog
+
 from mediaserver.admin import AdminEndpoint
 from mediaserver.app import AppError, Application
 from mediaserver.call import Call, call_attributes
@@ -37,6 +39,7 @@ from mediaserver.hooks import hook_observer
 from mediaserver.logs import get_logger
 from mediaserver.metrics import ServerMetrics
 from mediaserver.rtp_socket import PortPool, PortsExhausted
+from mediaserver.workers import WorkerLink
 from rtp.sdp import (
     Answer,
     SdpError,
@@ -653,8 +656,9 @@ class SipServer(asyncio.DatagramProtocol):
             verify_tls=self.config.tls_verify,
         )
         self.calls[handle] = call
-        if self._arrival is not None and self._arrival is not self._private:
-            self._invite_sockets[handle] = self._arrival  # a worker: answer from the public port
+        public = self._transport
+        if self._private is not None and public is not None and self._arrival is public:
+            self._invite_sockets[handle] = public  # a worker: answer from the public port
         assert self._loop is not None
         context = contextvars.copy_context()  # this server's metrics hear the call's hooks
         context.run(hook_observer.set, self.metrics.observe_hook)
@@ -740,34 +744,54 @@ class _PrivateSipSocket(asyncio.DatagramProtocol):
         self.server.error_received(exc)
 
 
-async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None) -> int:
+async def run_server(
+    config: ServerConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    worker: WorkerLink | None = None,
+) -> int:
     """Run ``serve`` until SIGINT/SIGTERM, drain, and return the exit status.
 
     The first signal starts the drain (``SipServer.stop``); a second one
     cuts it short. The admin endpoint stays up during the drain, so
     ``/health`` answers 503 until the process exits.
+
+    As a ``worker`` of ``serve --workers N``: the SIP port is shared
+    (``SipServer`` ``shared_port``), every log line carries ``worker``, the
+    supervisor is told the private SIP port and admin URL once listening,
+    and its ``drain``/``interrupt`` orders (or its disappearance) act like
+    the first/second signal.
     """
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=worker.index)
     log = get_logger("serve")
     engine = MediaEngine(capacity=max(2, config.max_calls * 2))
-    engine.warm_up()
     clock = EngineClock(engine)
     try:
-        server = SipServer(config, engine, clock)
+        server = SipServer(config, engine, clock, shared_port=worker is not None)
     except AppError as exc:
         log.error("serve.bad_app", error=str(exc))
         return 2
+    engine.warm_up()  # after the app check: a bad app is reported without the 1-2 s wait
     stop, interrupt = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    signals = 0
+
     def on_signal(sig: signal.Signals) -> None:
+        # Signals are counted, not inferred from stop: a worker's drain may have been
+        # ordered by its supervisor, and the same signal reaching the worker directly
+        # too (Ctrl-C, a whole process group or cgroup signalled) is not a second one.
+        nonlocal signals
+        signals += 1
         log.info("serve.signal", signal=sig.name, draining=stop.is_set())
-        (interrupt if stop.is_set() else stop).set()
+        (interrupt if signals > 1 else stop).set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
     clock.start()
-    admin = await _start_admin(server) if config.admin_enabled else None
+    admin = await _start_admin(server, worker is not None) if config.admin_enabled else None
     try:
         await server.start()
     except OSError as exc:
@@ -776,6 +800,12 @@ async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None
         if admin is not None:
             await admin.stop()
         return 2
+    orders: asyncio.Task[None] | None = None
+    if worker is not None:
+        await worker.report_ready(
+            sip_port=server.private_port, admin=admin.url if admin is not None else None
+        )
+        orders = loop.create_task(worker.follow(stop, interrupt))
     if ready is not None:
         ready.set()
     try:
@@ -785,6 +815,8 @@ async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None
         if admin is not None:
             await admin.stop()
         clock.stop()
+        if orders is not None:
+            orders.cancel()
         await asyncio.sleep(0)  # let cancelled call tasks finish
         log.info(
             "serve.stopped",
@@ -800,9 +832,10 @@ async def run_server(config: ServerConfig, *, ready: asyncio.Event | None = None
     return 0
 
 
-async def _start_admin(server: SipServer) -> AdminEndpoint | None:
+async def _start_admin(server: SipServer, private: bool = False) -> AdminEndpoint | None:
     """The admin endpoint, or ``None`` (logged) when its address cannot be bound:
-    calls matter more than metrics, so ``serve`` runs on without it."""
+    calls matter more than metrics, so ``serve`` runs on without it. A worker's
+    is ``private``: only its supervisor asks it (and logs the public one)."""
     config = server.config
     admin = AdminEndpoint(server, config.admin_host, config.admin_port)
     log = get_logger("admin")
@@ -814,5 +847,6 @@ async def _start_admin(server: SipServer) -> AdminEndpoint | None:
         )
         return None
     server.admin_url = admin.url
-    log.info("admin.listening", url=admin.url, host=admin.host, port=admin.port)
+    event = "admin.worker_listening" if private else "admin.listening"
+    log.info(event, url=admin.url, host=admin.host, port=admin.port)
     return admin
