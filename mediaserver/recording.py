@@ -213,14 +213,14 @@ class _WavFile(RecordingFile):
         self, path: Path, format: RecordingFormat, sample_rate: int, channels: int
     ) -> None:
         super().__init__(path, format, sample_rate, channels)
-        self._file = open(self.part_path, "wb")  # noqa: SIM115 - open for the whole recording
+        # wave opens (and always closes) the file itself, also when garbage-collected
+        self._wav = wave.open(str(self.part_path), "wb")  # noqa: SIM115 - closed in _finish
         try:
-            self._wav = wave.open(self._file, "wb")  # noqa: SIM115 - closed in _finish
             self._wav.setnchannels(channels)
             self._wav.setsampwidth(2)
             self._wav.setframerate(sample_rate)
         except BaseException:
-            self._file.close()
+            self._release()
             self.part_path.unlink()
             raise
 
@@ -228,14 +228,10 @@ class _WavFile(RecordingFile):
         self._wav.writeframesraw(pcm)  # type: ignore[arg-type]  # any contiguous buffer
 
     def _finish(self) -> None:
-        self._wav.close()  # writes the header (also for 0 samples)
-        self._file.close()
+        self._wav.close()  # writes the final header (also for 0 samples), closes the file
 
     def _release(self) -> None:
-        try:
-            self._wav.close()
-        finally:
-            self._file.close()
+        self._wav.close()
 
 
 class _EncodedFile(RecordingFile):
@@ -262,7 +258,15 @@ class _EncodedFile(RecordingFile):
             if format is RecordingFormat.MP3
             else ("aac", "fltp", {"aac_coder": "fast"})
         )
-        self._container: Any = av.open(str(self.part_path), "w", format=format.value)
+        # A file object of ours rather than a path: a failed write (disk full) raises
+        # at the next 32 KB flush, where FFmpeg's own file output noticed it much later.
+        self._out = open(self.part_path, "wb", buffering=0)  # noqa: SIM115 - closed in _finish
+        try:
+            self._container: Any = av.open(self._out, "w", format=format.value)
+        except BaseException:
+            self._out.close()
+            self.part_path.unlink()
+            raise
         try:
             stream: Any = self._container.add_stream(
                 codec, rate=sample_rate, layout="mono" if channels == 1 else "stereo"
@@ -275,7 +279,7 @@ class _EncodedFile(RecordingFile):
             self._frame_size = int(ctx.frame_size)
             self._container.start_encoding()  # creates the .part file and writes the header
         except BaseException:
-            self._container.close()
+            self._release()
             self.part_path.unlink()
             raise
         self._stream = stream
@@ -318,10 +322,13 @@ class _EncodedFile(RecordingFile):
             self._fill = 0
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        self._container.close()
+        self._release()
 
     def _release(self) -> None:
-        self._container.close()
+        try:
+            self._container.close()
+        finally:
+            self._out.close()
 
 
 def open_recording(
@@ -479,6 +486,10 @@ class Recorder:
             final_timeout_ms=silence.final_timeout_ms,
         )
         self._speech = False
+        # The detector runs while it can still change something: until the first
+        # speech when there is no final timeout (it still says whether anyone spoke).
+        self._watching = True
+        self._final_timer = silence.final_timeout_ms > 0
         self._file = open_recording(path, opts.format, opts.sample_rate, opts.layout.channels)
 
     @property
@@ -508,9 +519,12 @@ class Recorder:
         if self.result is not None:
             return
         try:
-            decisions = self._silence.process(read[None, :])
-            self._speech = bool(decisions.speech_detected[0])
-            expiry = int(decisions.expiry[0])
+            expiry = 0
+            if self._watching:
+                decisions = self._silence.process(read[None, :])
+                self._speech = bool(decisions.speech_detected[0])
+                expiry = int(decisions.expiry[0])
+                self._watching = not (self._speech and not self._final_timer)
             cause: RecordingCause | None = None
             if self._limit is not None:
                 room = self._limit - self._file.samples
