@@ -246,7 +246,8 @@ class _EncodedFile(RecordingFile):
     8 kHz mono, 64 kbit/s for 16 kHz stereo). Encoder speed settings are
     picked because encoding runs inside the engine tick: LAME quality 7 and
     the ``fast`` AAC coder cost about 40 % less per frame than the encoders'
-    defaults (measured with bench/recording.py's setup).
+    defaults (measured on 8 kHz mono noise and tone; bench/recording.py has
+    the resulting per-tick cost).
     """
 
     def __init__(

@@ -290,7 +290,9 @@ def test_time_limit_stops_at_exactly_that_much_audio(tmp_path: Path) -> None:
 
 def test_shorter_than_min_seconds_is_input_too_short_and_removed(tmp_path: Path) -> None:
     stops = Stops()
-    rec = Recorder(tmp_path / "r.mp3", RecordingOptions(format="mp3", min_seconds=2), stops)  # type: ignore[arg-type]
+    rec = Recorder(
+        tmp_path / "r.mp3", RecordingOptions(format=RecordingFormat.MP3, min_seconds=2), stops
+    )
     for read, write in ticks(8000, tone(440.0, 1.5), tone(1000.0, 1.5)):
         rec.on_audio(read, write)
     rec.stop()
