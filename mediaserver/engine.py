@@ -22,6 +22,9 @@ encode call for stateful codecs: G.722, Opus).
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
+import math
 import secrets
 import time
 from collections import deque
@@ -733,6 +736,8 @@ class EngineClock:
         self._k = 0
         self._handle: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []  # (due tick, id, ...)
+        self._sleeper_ids = itertools.count()
 
     def media_time(self) -> float:
         """The media time of the next tick, seconds."""
@@ -749,8 +754,19 @@ class EngineClock:
         return (self._loop.time() - self._start) * self.speed
 
     async def sleep(self, media_seconds: float) -> None:
-        """Sleep for ``media_seconds`` of media time."""
-        await asyncio.sleep(max(0.0, media_seconds) / self.speed)
+        """Sleep for ``media_seconds`` of media time, counted in ticks (rounded up).
+
+        Counted in ticks, not on the wall clock, so a ``pause`` spans exactly
+        the audio the engine processed meanwhile, even when a loaded loop
+        runs the ticks late and catches up (at ``speed`` > 1 that happens).
+        """
+        ticks = math.ceil(max(0.0, media_seconds) * 1000 / TICK_MS - 1e-9)
+        if ticks <= 0 or self._loop is None or self._handle is None:
+            await asyncio.sleep(max(0.0, media_seconds) / self.speed)
+            return
+        due: asyncio.Future[None] = self._loop.create_future()
+        heapq.heappush(self._sleepers, (self._k + ticks, next(self._sleeper_ids), due))
+        await due
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -762,6 +778,10 @@ class EngineClock:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        while self._sleepers:  # no more ticks: nobody may wait for one forever
+            _, _, due = heapq.heappop(self._sleepers)
+            if not due.done():
+                due.set_result(None)
 
     def _schedule(self) -> None:
         assert self._loop is not None
@@ -784,4 +804,9 @@ class EngineClock:
         self.stats.total_tick_ms += ms
         self.stats.max_tick_ms = max(self.stats.max_tick_ms, ms)
         self._k += 1
+        sleepers = self._sleepers
+        while sleepers and sleepers[0][0] <= self._k:
+            _, _, due = heapq.heappop(sleepers)
+            if not due.done():  # a cancelled sleeper's future is done already
+                due.set_result(None)
         self._schedule()
