@@ -5,6 +5,12 @@ returned by an http(s) *call hook* that is POSTed the call attributes
 (snake_case) for each new call; and the validation of each verb, with
 messages that name the verb's position, its name and the field at fault.
 
+The recording verbs of two other platforms may appear in the same array; the
+shape says the dialect: Kazoo's callflow element ``{"module": "record_call",
+"data": {...}}`` and SignalWire's SWML ``{"record_call": {...}}`` /
+``{"stop_record_call": {...}}`` (``Verb.dialect`` is ``kazoo``/``swml``,
+``jambonz`` for the rest).
+
 It must not run verbs (``mediaserver.call`` does) or touch media.
 """
 
@@ -21,6 +27,7 @@ import aiohttp
 __all__ = ["AppError", "Application", "Verb", "camel_to_snake", "parse_verbs", "snake_case"]
 
 SUPPORTED_VERBS = ("config", "dial", "hangup", "listen", "pause", "play", "stream")
+RECORDING_VERBS = ("record_call", "stop_record_call")  # Kazoo module / SWML methods
 
 
 class AppError(ValueError):
@@ -32,6 +39,7 @@ class Verb:
     name: str
     data: dict[str, Any]
     index: int
+    dialect: str = "jambonz"  # or "kazoo" / "swml" for the recording verbs
 
     def describe(self) -> str:
         return f"verb {self.index} ({self.name!r})"
@@ -66,14 +74,33 @@ def _validate(verb: Verb) -> None:
         headers = verb.data.get("headers", {})
         if not isinstance(headers, dict):
             raise AppError(f"{verb.describe()}: headers must be an object, got {headers!r}")
+    elif verb.name in RECORDING_VERBS:
+        from mediaserver.record_options import (
+            RecordError,
+            parse_kazoo_record,
+            parse_swml_record,
+            parse_swml_stop,
+        )
+
+        try:
+            if verb.dialect == "kazoo":
+                parse_kazoo_record(verb.data)
+            elif verb.name == "record_call":
+                parse_swml_record(verb.data)
+            else:
+                parse_swml_stop(verb.data)
+        except RecordError as exc:
+            raise AppError(f"{verb.describe()}: {exc}") from None
 
 
 def parse_verbs(doc: Any, source: str = "app") -> list[Verb]:
     """Validate a verb array; raise ``AppError`` naming the first bad verb and field.
 
     Verbs are objects with a ``"verb"`` name (jambonz style); a verb object may
-    also be written ``{"pause": {...}}`` with one key. Unknown verbs are errors
-    that list the supported ones.
+    also be written ``{"pause": {...}}`` with one key. Kazoo's
+    ``{"module": "record_call", "data": {...}}`` and SWML's ``{"record_call":
+    {...}}``/``{"stop_record_call": {...}}`` are the recording verbs. Unknown
+    verbs are errors that list the supported ones.
     """
     if isinstance(doc, dict):
         doc = [doc]
@@ -83,18 +110,36 @@ def parse_verbs(doc: Any, source: str = "app") -> list[Verb]:
     for i, item in enumerate(doc):
         if not isinstance(item, dict):
             raise AppError(f"{source}: verb {i} must be an object, got {item!r}")
+        dialect = "jambonz"
         if "verb" in item:
             name = item["verb"]
             data = {k: v for k, v in item.items() if k != "verb"}
-        elif len(item) == 1 and isinstance(next(iter(item.values())), dict):
+        elif "module" in item:  # a Kazoo callflow element
+            name, data, dialect = item["module"], item.get("data", {}), "kazoo"
+            if name != "record_call":
+                raise AppError(
+                    f"{source}: verb {i}: Kazoo module {name!r} is not supported (only record_call)"
+                )
+            if not isinstance(data, dict):
+                raise AppError(f"{source}: verb {i} ('record_call'): data must be an object")
+        elif len(item) == 1 and isinstance(next(iter(item.values())), dict | None):
             name, data = next(iter(item.items()))
+            data = data or {}
+            if name in RECORDING_VERBS:
+                dialect = "swml"
         else:
             raise AppError(f'{source}: verb {i} has no "verb" field: {item!r}')
         if not isinstance(name, str):
             raise AppError(f'{source}: verb {i}: "verb" must be a string, got {name!r}')
-        verb = Verb(name, dict(data), i)
-        if name not in SUPPORTED_VERBS:
-            supported = ", ".join(SUPPORTED_VERBS)
+        verb = Verb(name, dict(data), i, dialect)
+        if name in RECORDING_VERBS and dialect == "jambonz":
+            raise AppError(
+                f"{source}: {verb.describe()}: write it as SignalWire does, "
+                f'{{"{name}": {{...}}}}, or as a Kazoo element '
+                '{"module": "record_call", "data": {...}}'
+            )
+        if name not in SUPPORTED_VERBS + RECORDING_VERBS:
+            supported = ", ".join(SUPPORTED_VERBS + RECORDING_VERBS)
             raise AppError(f"{source}: {verb.describe()}: unknown verb; supported: {supported}")
         try:
             _validate(verb)

@@ -30,6 +30,7 @@ from mediaserver.listen import ListenResult, ListenRun
 from mediaserver.listen_options import Hook, ListenError, ListenOptions, parse_hook, parse_listen
 from mediaserver.logs import call_logger
 from mediaserver.play import PlayError, load_prompt
+from mediaserver.record import CallRecordings, RecordingService
 from mediaserver.rtp_socket import PortPool, RtpSocket
 from rtp.sdp import NegotiatedMedia, SessionDescription
 from rtp.sip.address import SipUri, format_host
@@ -100,6 +101,7 @@ class Call:
         dump_dir: Path | None = None,
         listen_buffer: float = 3.0,
         verify_tls: bool = True,
+        recordings: RecordingService | None = None,
     ) -> None:
         """A call: SIP-backed (``handle``, ``media``, ``ports``) or simulated (``media=None``:
         the caller attaches ``leg`` itself, see ``mediaserver.harness``)."""
@@ -134,6 +136,9 @@ class Call:
         self.task: asyncio.Task[None] | None = None
         self.answer_sdp: SessionDescription | None = None  # our last answer (for re-INVITEs)
         self.done = asyncio.Event()
+        # what verbs set for the app to see in later hook payloads (record_call_url, ...)
+        self.variables: dict[str, Any] = {}
+        self.recordings = CallRecordings(self, recordings) if recordings is not None else None
 
     # -- media ------------------------------------------------------------------
 
@@ -238,6 +243,8 @@ class Call:
         self.signalling.answer(self, self._sdp_answer)
         self.answered_at = self.clock.now()
         self.attributes.update(sipStatus=200, sipReason="OK", callStatus="in-progress")
+        if self.recordings is not None:
+            self.recordings.on_answer()  # Kazoo record_on_answer
         self.log.info(
             "call.answered",
             codec=self.leg.codec.info.key if self.leg else None,
@@ -269,8 +276,29 @@ class Call:
         if verb.name == "config":
             self._config(verb)
             return True
+        if verb.name in ("record_call", "stop_record_call"):
+            await self._record(verb)
+            return self.end_reason is None
         self.log.error("verb.unknown", verb=verb.name, index=verb.index)  # parse_verbs forbids
         return True
+
+    async def _record(self, verb: Verb) -> None:
+        """The recording verbs (Kazoo element or SWML method): start or stop, then go on."""
+        if self.recordings is None or self.leg is None:
+            self.log.error("verb.unsupported", verb=verb.name, why="no recording store configured")
+            return
+        if verb.dialect == "kazoo":
+            self.recordings.kazoo(verb.data, verb.index)
+        elif verb.name == "record_call":
+            await self.recordings.swml_record(verb.data, verb.index)
+        else:
+            self.recordings.swml_stop(verb.data, verb.index)
+
+    def _bridged(self) -> None:
+        """dial's B leg answered: answer the caller (answerOnBridge), start record_on_bridge."""
+        self._answer()
+        if self.recordings is not None:
+            self.recordings.on_bridge()
 
     @property
     def app_url(self) -> str | None:
@@ -322,7 +350,7 @@ class Call:
             from_host=format_host(config.sip_host) + f":{config.sip_port}",
             log=self.log,
             start_listen=self._nested_listen,
-            on_answered=self._answer,
+            on_answered=self._bridged,
             dialled_legs=self.dialled_legs,
         )
         result = await run.run()
@@ -423,6 +451,7 @@ class Call:
         self, hook: Hook, fields: dict[str, Any], *, replace_verbs: bool
     ) -> None:
         payload = snake_case(self.attributes)
+        payload.update(self.variables)
         payload.update(fields)
         self.hook_payloads.append(payload)
         result = await send_hook(hook, payload, log=self.log)
@@ -445,6 +474,8 @@ class Call:
             self.task.cancel()
         for task in self.background_tasks:
             task.cancel()  # a config fork ends with the call (and still posts its hook)
+        if self.recordings is not None:
+            self.recordings.hangup()  # files close now; deliveries run on in the service
         stats: dict[str, Any] = {}
         if self.leg is not None:
             self.engine.remove_leg(self.leg)

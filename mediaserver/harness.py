@@ -38,6 +38,8 @@ from dsp.tones import dtmf_tone, tone
 from mediaserver.app import Application
 from mediaserver.call import Call
 from mediaserver.engine import EngineClock, Leg, MediaEngine
+from mediaserver.record import RecordingService
+from mediaserver.recording_delivery import RecordingStore
 from rtp.packet import build_packet
 from rtp.telephone_event import encode_key_press
 
@@ -171,6 +173,8 @@ class CallResult:
     frames_dropped: int
     hook_payloads: list[dict[str, Any]] = field(default_factory=list)
     listens: list[dict[str, Any]] = field(default_factory=list)
+    recordings: list[dict[str, Any]] = field(default_factory=list)  # record_call results
+    variables: dict[str, Any] = field(default_factory=dict)  # record_call_url, ...
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -280,6 +284,7 @@ async def _run_one(
     listen_buffer: float = 3.0,
     verify_tls: bool = True,
     caller: _SimulatedCaller | None = None,
+    recordings: RecordingService | None = None,
 ) -> CallResult:
     sim = caller or _SimulatedCaller(script)
     call_sid = str(uuid.uuid4())
@@ -304,6 +309,7 @@ async def _run_one(
         signalling=_NoSignalling(),
         listen_buffer=listen_buffer,
         verify_tls=verify_tls,
+        recordings=recordings,
     )
     leg = Leg(
         call_sid=call_sid,
@@ -340,6 +346,20 @@ async def _run_one(
         if call.end_reason is None:
             call.end("error")
     results = call.listen_results
+    recorded = []
+    if call.recordings is not None:
+        for run, rec in zip(call.recordings.runs, await call.recordings.wait(), strict=True):
+            recorded.append(
+                {
+                    "dialect": run.dialect,
+                    "control_id": run.control_id or None,
+                    "cause": rec.cause.value,
+                    "kept": rec.kept,
+                    "path": str(rec.file.path),
+                    "duration_ms": rec.file.duration_ms,
+                    "url": run.url or None,
+                }
+            )
     return CallResult(
         call_sid=call_sid,
         reason=call.end_reason or "error",
@@ -349,6 +369,8 @@ async def _run_one(
         frames_dropped=sum(r.frames_dropped for r in results),
         hook_payloads=call.hook_payloads,
         listens=[asdict(r) for r in results],
+        recordings=recorded,
+        variables=dict(call.variables),
     )
 
 
@@ -360,8 +382,14 @@ async def run_calls(
     speed: float = 1.0,
     listen_buffer: float = 3.0,
     verify_tls: bool = True,
+    recording_store: RecordingStore | None = None,
 ) -> list[CallResult]:
-    """Run ``calls`` copies of ``script`` at once on one engine; return their results."""
+    """Run ``calls`` copies of ``script`` at once on one engine; return their results.
+
+    Recordings (``record_call``) go where ``recording_store`` says (default:
+    ``./recordings``, created only when something records); Kazoo uploads
+    are waited for before this returns (a failed one stays in the spool).
+    """
     if calls < 1:
         raise HarnessError(f"--calls: must be >= 1, got {calls}")
     if speed <= 0:
@@ -371,6 +399,7 @@ async def run_calls(
     engine = MediaEngine(capacity=max(2, calls * 2))
     engine.warm_up()
     clock = EngineClock(engine, speed=speed)
+    service = RecordingService(recording_store)
     clock.start()
     try:
         return list(
@@ -384,6 +413,7 @@ async def run_calls(
                         listen_buffer=listen_buffer,
                         verify_tls=verify_tls,
                         caller=c,
+                        recordings=service,
                     )
                     for c in callers
                 )
@@ -391,6 +421,8 @@ async def run_calls(
         )
     finally:
         clock.stop()
+        while service.deliveries:  # each ends by itself: its retry schedule is bounded
+            await asyncio.gather(*list(service.deliveries), return_exceptions=True)
 
 
 async def run_call(
@@ -403,10 +435,11 @@ async def run_call(
     codec: str = "PCMU",
     ptime: int = 20,
     speed: float = 1.0,
+    recording_store: RecordingStore | None = None,
 ) -> CallResult:
     """Run one scripted call against ``app`` (verbs, a JSON file, an app URL or a ws:// URL)."""
     script = CallScript(caller, callee, dtmf, dtmf_mode, codec, ptime)
-    (result,) = await run_calls(app, script, calls=1, speed=speed)
+    (result,) = await run_calls(app, script, calls=1, speed=speed, recording_store=recording_store)
     return result
 
 

@@ -39,6 +39,49 @@ def test_bad_verbs_name_position_verb_and_field(doc: Any, message: str) -> None:
     assert str(err.value).startswith("app.json: ")
 
 
+def test_recording_verbs_parse_with_their_dialect() -> None:
+    verbs = parse_verbs(
+        [
+            {"module": "record_call", "data": {"action": "start", "format": "wav"}},
+            {"record_call": {"control_id": "r1", "stereo": True}},
+            {"stop_record_call": {}},
+            {"stop_record_call": None},
+            {"verb": "pause", "length": 1},
+        ]
+    )
+    assert [(v.name, v.dialect) for v in verbs] == [
+        ("record_call", "kazoo"),
+        ("record_call", "swml"),
+        ("stop_record_call", "swml"),
+        ("stop_record_call", "swml"),
+        ("pause", "jambonz"),
+    ]
+    assert verbs[0].data == {"action": "start", "format": "wav"}
+    assert verbs[3].data == {}
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (
+            [{"module": "record_call", "data": {"method": "get"}}],
+            "verb 0 ('record_call'): method: must be one of put, post",
+        ),
+        ([{"module": "voicemail", "data": {}}], "Kazoo module 'voicemail' is not supported"),
+        ([{"module": "record_call", "data": []}], "data must be an object"),
+        (
+            [{"hangup": {}}, {"record_call": {"direction": "up"}}],
+            "verb 1 ('record_call'): direction: must be one of speak, listen, both",
+        ),
+        ([{"verb": "record_call"}], "write it as SignalWire does"),
+    ],
+)
+def test_bad_recording_verbs_name_the_field(doc: Any, message: str) -> None:
+    with pytest.raises(AppError) as err:
+        parse_verbs(doc, "app.json")
+    assert message in str(err.value)
+
+
 def test_snake_case_call_attributes() -> None:
     assert camel_to_snake("originatingSipIp") == "originating_sip_ip"
     assert snake_case({"callSid": "x", "from": "y"}) == {"call_sid": "x", "from": "y"}
