@@ -8,7 +8,11 @@ with three read-only views of one ``SipServer``:
   balancer stops sending calls);
 - ``GET /metrics``: ``ServerMetrics.render()``, the Prometheus text format;
 - ``GET /calls``: the live calls as JSON (call_sid, call_id, from, to,
-  codec, seconds since answered, RTP counters, listen forks open).
+  codec, seconds since answered, RTP counters, listen forks open);
+- ``GET /recordings/<name>``: a finished SignalWire ``record_call`` file
+  from the ``[recording]`` directory, at the ``record.url`` its status
+  events reported (404 for anything else: hidden, in-progress or
+  still-uploading files, paths outside the directory).
 
 It must not change the server or its calls, nor log per request (scrapers
 poll it all day).
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mediaserver.metrics import CONTENT_TYPE, leg_forks
+from mediaserver.recording_delivery import content_type_for, resolve_recording
 
 if TYPE_CHECKING:
     from mediaserver.call import Call
@@ -72,6 +77,7 @@ class AdminEndpoint:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/calls", self.calls)
+        app.router.add_get("/recordings/{name}", self.recording)
         self._runner = web.AppRunner(app, access_log=None)
 
     async def start(self) -> None:
@@ -103,6 +109,14 @@ class AdminEndpoint:
     async def metrics(self, _request: web.Request) -> web.Response:
         return web.Response(
             body=self.server.metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+        )
+
+    async def recording(self, request: web.Request) -> web.StreamResponse:
+        path = resolve_recording(self.server.recordings.store, request.raw_path)
+        if path is None:
+            raise web.HTTPNotFound(text="no such recording\n")
+        return web.FileResponse(
+            path, headers={"Content-Type": content_type_for(path.suffix.lstrip("."))}
         )
 
     async def calls(self, _request: web.Request) -> web.Response:

@@ -12,7 +12,10 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # recording_delivery imports this module (ConfigError)
+    from mediaserver.recording_delivery import RecordingStore
 
 __all__ = [
     "ConfigError",
@@ -71,6 +74,15 @@ class ServerConfig:
     log_level: str = "INFO"
     # [debug]
     dump_dir: str = ""  # write each call's decoded audio (WAV) and a JSON summary here
+    # [recording]: the table as given; validated by load_config, read through .recording
+    recording_options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def recording(self) -> RecordingStore:
+        """The ``[recording]`` settings (``mediaserver.recording_delivery``)."""
+        from mediaserver.recording_delivery import RecordingStore
+
+        return RecordingStore.from_table(dict(self.recording_options))
 
     @property
     def rtp_address(self) -> str:
@@ -267,8 +279,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"--config {path}: not valid TOML: {exc}") from None
         for section, table in data.items():
+            if section == "recording" and isinstance(table, dict):
+                values["recording_options"] = tuple(table.items())
+                continue
             if section not in _SECTIONS or not isinstance(table, dict):
-                raise ConfigError(f"[{section}]: unknown section; known: {', '.join(_SECTIONS)}")
+                known = ", ".join([*_SECTIONS, "recording"])
+                raise ConfigError(f"[{section}]: unknown section; known: {known}")
             for key, value in table.items():
                 name = f"[{section}] {key}"
                 attr = _FIELD_NAMES.get(name)
@@ -277,4 +293,6 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> ServerConfi
                     raise ConfigError(f"{name}: unknown option; [{section}] has {known}")
                 values[attr] = _coerce(name, attr, value)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return _validate(replace(ServerConfig(), **values))
+    config = _validate(replace(ServerConfig(), **values))
+    _ = config.recording  # [recording] errors name the field now, not at the first call
+    return config

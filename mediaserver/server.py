@@ -26,7 +26,7 @@ import signal
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import structlog
 
@@ -38,6 +38,7 @@ from mediaserver.engine import EngineClock, MediaEngine
 from mediaserver.hooks import hook_observer
 from mediaserver.logs import get_logger
 from mediaserver.metrics import ServerMetrics
+from mediaserver.record import RecordingService
 from mediaserver.rtp_socket import PortPool, PortsExhausted
 from mediaserver.workers import WorkerLink
 from rtp.sdp import (
@@ -107,6 +108,11 @@ class SipServer(asyncio.DatagramProtocol):
         self.endpoint: SipEndpoint | None = None
         self.metrics = ServerMetrics(self)
         self.admin_url: str | None = None  # set by run_server when the admin endpoint is up
+        # record_call: the [recording] store; uploads outlive their calls
+        self.recordings = RecordingService(
+            config.recording, admin_url=lambda: self.admin_url, log=get_logger("recording")
+        )
+        self._resume: asyncio.Task[Any] | None = None
         self.forbidden = 0  # messages from outside allowed_sources (403 or dropped)
         self._allowed = config.allowed_networks
         self._verdicts: dict[str, bool] = {}
@@ -150,6 +156,8 @@ class SipServer(asyncio.DatagramProtocol):
                 self._private.close()
             raise
         self._watchdog = loop.create_task(self._rtp_watchdog())
+        if self.recordings.store.spool_path.is_dir():  # uploads a previous run left unsent
+            self._resume = self.recordings.track(self.recordings.resume())
         self.log.info(
             "serve.worker_listening" if self.shared_port else "serve.listening",
             sip=f"{host}:{port}",
@@ -209,6 +217,11 @@ class SipServer(asyncio.DatagramProtocol):
                 await asyncio.wait(left, timeout=1.0)
         else:
             self.log.info("serve.drained", seconds=round(loop.time() - started, 3))
+        if self.recordings.deliveries:  # uploads get what is left of the drain time
+            left_s = max(0.5, drain - (loop.time() - started))
+            pending = len(self.recordings.deliveries)
+            await self.recordings.drain(left_s)
+            self.log.info("serve.recordings_drained", deliveries=pending, seconds=round(left_s, 1))
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._timer is not None:
@@ -654,6 +667,7 @@ class SipServer(asyncio.DatagramProtocol):
             dump_dir=Path(self.config.dump_dir) if self.config.dump_dir else None,
             listen_buffer=self.config.listen_buffer,
             verify_tls=self.config.tls_verify,
+            recordings=self.recordings,
         )
         self.calls[handle] = call
         public = self._transport

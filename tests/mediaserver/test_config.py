@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +17,22 @@ from mediaserver.config import (
     parse_port_range,
     worker_share,
 )
+from mediaserver.recording_delivery import RecordingStore
 
 SHIPPED = Path(__file__).resolve().parents[2] / "configs" / "server.toml"
 
 
 def test_shipped_config_documents_exactly_the_defaults() -> None:
-    assert load_config(SHIPPED) == ServerConfig()
+    shipped = load_config(SHIPPED)
+    assert replace(shipped, recording_options=()) == ServerConfig()
+    assert shipped.recording == RecordingStore() == ServerConfig().recording
+
+
+def test_recording_section_reaches_the_store(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text('[recording]\ndirectory = "/tmp/r"\nretries = 2\nretry_delay = 1\n')
+    store = load_config(path).recording
+    assert (store.directory, store.retries, store.retry_delay) == ("/tmp/r", 2, 1.0)
 
 
 def test_overrides_beat_the_file(tmp_path: Path) -> None:
@@ -53,6 +64,9 @@ def test_overrides_beat_the_file(tmp_path: Path) -> None:
         ('[admin]\nhost = "admin.lan"\n', "[admin] host: need an IP address"),
         ('[admin]\nenabled = "yes"\n', "[admin] enabled: must be true or false"),
         ("[calls]\nworkers = 0\n", "[calls] workers: must be >= 1, got 0"),
+        ("[recording]\nretries = -1\n", "[recording] retries: must be >= 0, got -1"),
+        ("[recording]\nbucket = 1\n", "[recording] bucket: unknown option"),
+        ('[recording]\nstore_recordings = "yes"\n', "[recording] store_recordings: must be"),
         (
             "[calls]\nworkers = 3\n[rtp]\nport_low = 40000\nport_high = 40004\n",
             "[rtp] port_low/port_high: 3 workers need at least 6 ports (2 each), got 5",

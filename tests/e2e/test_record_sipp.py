@@ -1,0 +1,98 @@
+"""SIPp uac_pcap -> serve running both recording dialects on one call: the Kazoo
+upload and the SignalWire file served by the admin endpoint, against real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import wave
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+
+from tests.e2e.harness import Server, run_sipp
+from tests.e2e.test_listen_sipp import best_correlation
+from tests.e2e.test_serve_sipp import capture_audio
+
+
+class Hooks:
+    def __init__(self) -> None:
+        self.uploads: list[tuple[str, str, bytes]] = []
+        self.statuses: list[dict[str, Any]] = []
+
+    async def upload(self, request: web.Request) -> web.Response:
+        self.uploads.append(
+            (request.path, request.headers.get("Content-Type", ""), await request.read())
+        )
+        return web.Response(status=200)
+
+    async def status(self, request: web.Request) -> web.Response:
+        self.statuses.append(await request.json())
+        return web.Response(status=204)
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_put("/rec/{name}", self.upload)
+        app.router.add_post("/status", self.status)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.runner.cleanup()
+
+
+def wav(data: bytes) -> tuple[int, np.ndarray]:
+    with wave.open(io.BytesIO(data)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        return w.getframerate(), pcm.reshape(-1, w.getnchannels())
+
+
+async def test_kazoo_and_signalwire_recordings_of_a_sipp_call(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[recording]\ndirectory = "{tmp_path / "rec"}"\n'
+        f'spool_directory = "{tmp_path / "spool"}"\nretry_delay = 0.1\n'
+    )
+    hooks = Hooks()
+    async with hooks as base:
+        app = [
+            {"record_call": {"control_id": "sw-1", "stereo": True, "status_url": f"{base}/status"}},
+            {"module": "record_call", "data": {"format": "wav", "url": f"{base}/rec"}},
+            {"verb": "pause", "length": 30},
+        ]
+        with Server(tmp_path, app, "--config", str(config)) as server:
+            res = await asyncio.to_thread(run_sipp, tmp_path, server, "-sn", "uac_pcap", "-m", "1")
+            assert res.returncode == 0, res.stdout[-2000:]
+            for _ in range(200):  # uploads and status events follow the BYE
+                if hooks.uploads and len(hooks.statuses) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert [s["params"]["state"] for s in hooks.statuses] == ["recording", "finished"]
+            record = hooks.statuses[1]["params"]["record"]
+            async with aiohttp.ClientSession() as session:
+                async with session.get(record["url"]) as resp:
+                    assert resp.status == 200
+                    assert resp.headers["Content-Type"] == "audio/wav"
+                    served = await resp.read()
+                missing = record["url"].rsplit("/", 1)[0] + "/..%2Fserver.toml"
+                async with session.get(missing) as resp:
+                    assert resp.status == 404
+    expected = capture_audio()
+    # SignalWire: stereo at the leg's rate, served at record.url; left = the caller
+    assert len(served) == record["size"] and record["format"] == "wav"
+    rate, pcm = wav(served)
+    assert rate == 8000 and pcm.shape[1] == 2
+    assert best_correlation(pcm[:, 0], expected) > 0.9
+    # Kazoo: PUT to URL/call_recording_<Call-ID>.wav, stereo 16 kHz by default
+    ((path, content_type, body),) = hooks.uploads
+    assert path.startswith("/rec/call_recording_") and path.endswith(".wav")
+    assert content_type == "audio/wav"
+    rate, pcm = wav(body)
+    assert rate == 16000 and pcm.shape[1] == 2
+    assert best_correlation(pcm[::2, 0], expected) > 0.9
+    assert abs(pcm.shape[0] / 16000 - record["duration"]) < 0.2
