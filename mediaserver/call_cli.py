@@ -17,7 +17,9 @@ from collections import Counter
 from typing import Any
 
 from mediaserver.app import AppError
+from mediaserver.config import ConfigError
 from mediaserver.harness import CallResult, CallScript, HarnessError, run_calls
+from mediaserver.recording_delivery import RecordingStore
 
 __all__ = ["run_call_command", "summarise"]
 
@@ -27,6 +29,9 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
     if len(results) == 1:
         one = results[0].summary()
         one["hooks"] = results[0].hook_payloads
+        if results[0].recordings:
+            one["recordings"] = results[0].recordings
+            one["variables"] = results[0].variables
         return one
     return {
         "calls": len(results),
@@ -35,6 +40,7 @@ def summarise(results: list[CallResult]) -> dict[str, Any]:
         "frames_dropped": sum(r.frames_dropped for r in results),
         "digits": dict(Counter(r.digits for r in results)),
         "duration_max": round(max(r.duration for r in results), 3),
+        "recordings": dict(Counter(rec["cause"] for r in results for rec in r.recordings)),
         "results": [r.summary() for r in results],
     }
 
@@ -67,12 +73,16 @@ def run_call_command(args: argparse.Namespace) -> int:
         ptime=args.ptime,
     )
     try:
-        results = asyncio.run(
-            _with_progress(
-                run_calls(args.app, script, calls=args.calls, speed=args.speed), args.calls
-            )
+        store = RecordingStore(
+            directory=args.recordings,
+            spool_directory=args.recordings.rstrip("/") + "-spool",
+            store_recordings=args.store_recordings,
         )
-    except (HarnessError, AppError) as exc:
+        runs = run_calls(
+            args.app, script, calls=args.calls, speed=args.speed, recording_store=store
+        )
+        results = asyncio.run(_with_progress(runs, args.calls))
+    except (HarnessError, AppError, ConfigError) as exc:
         print(f"mediaserver call: {exc}", file=sys.stderr)
         return 2
     summary = summarise(results)
@@ -84,4 +94,8 @@ def run_call_command(args: argparse.Namespace) -> int:
                 f"call {r.call_sid}: {r.reason} after {r.duration:.2f} s, digits "
                 f"{r.digits or '-'}, frames sent {r.frames_sent}, dropped {r.frames_dropped}"
             )
+            for rec in r.recordings:
+                where = rec["path"] if rec["kept"] else "not kept"
+                cause, ms = rec["cause"], rec["duration_ms"]
+                print(f"  {rec['dialect']} recording: {cause}, {ms} ms, {where}")
     return 0 if all(r.reason != "error" for r in results) else 1

@@ -180,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--speed", type=float, default=1.0, metavar="X", help="media clock speed-up")
     call.add_argument("--calls", type=int, default=1, metavar="N", help="concurrent calls")
     call.add_argument("--json", action="store_true", help="print a JSON summary last on stdout")
+    call.add_argument(
+        "--recordings",
+        metavar="DIR",
+        default="recordings",
+        help="record_call files go here (Kazoo uploads wait in DIR-spool until delivered)",
+    )
+    call.add_argument(
+        "--store-recordings",
+        action="store_true",
+        help="Kazoo record_call without a url: keep the file (default: discard, as Kazoo)",
+    )
     call.set_defaults(func=_run_call)
 
     receiver = sub.add_parser(

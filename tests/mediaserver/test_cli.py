@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,32 @@ def test_serve_reports_a_bad_config_value_by_field(tmp_path: object) -> None:
     res = run_cli("serve", "--workers", "3", "--rtp-ports", "40000-40004")
     assert res.returncode == 2
     assert "[rtp] port_low/port_high: 3 workers need at least 6 ports" in res.stderr
+
+
+def test_call_records_in_both_dialects_and_reports_the_files(tmp_path: Path) -> None:
+    app = tmp_path / "app.json"
+    app.write_text(
+        json.dumps(
+            [
+                {"record_call": {"control_id": "c1", "format": "mp3"}},
+                {"module": "record_call", "data": {"format": "wav"}},
+                {"verb": "pause", "length": 1},
+            ]
+        )
+    )
+    rec = tmp_path / "rec"
+    res = run_cli(
+        "--log-level", "WARNING", "call", str(app), "--caller", "tone:440:2", "--speed", "10",
+        "--json", "--recordings", str(rec), "--store-recordings",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads(res.stdout.splitlines()[-1])
+    by_dialect = {r["dialect"]: r for r in summary["recordings"]}
+    assert by_dialect["swml"]["cause"] == "success-hangup" and by_dialect["swml"]["kept"]
+    assert Path(by_dialect["swml"]["path"]).is_file()
+    assert summary["variables"]["record_control_id"] == "c1"
+    stored = sorted(p.name for p in rec.iterdir())
+    call_id = summary["call_sid"] + "@mediaserver-call"
+    # Kazoo, no url, --store-recordings: kept with its metadata beside it
+    assert f"call_recording_{call_id}.wav" in stored
+    assert f"call_recording_{call_id}.wav.json" in stored
