@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -303,3 +304,72 @@ async def test_swml_terminator_key_and_concurrent_recordings(
     assert by_id["b"]["cause"] == "success-stop" and by_id["b"]["kept"]
     assert 1.8 <= by_id["b"]["duration_ms"] / 1000 <= 2.3
     assert Path(by_id["b"]["path"]).suffix == ".mp4"
+
+
+async def test_swml_end_silence_timeout_and_max_length(
+    hooks: Hooks, store: RecordingStore, tmp_path: Path
+) -> None:
+    # speech for 1 s then silence: the end_silence_timeout ends it ~0.6 s later
+    speech_then_silence = tmp_path / "caller.wav"
+    pcm = np.zeros(8000 * 4, np.int16)
+    pcm[:8000] = (8000 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000)).astype(np.int16)
+    with wave.open(str(speech_then_silence), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm.tobytes())
+    app = [
+        {"record_call": {"control_id": "s", "end_silence_timeout": 0.6}},
+        {"record_call": {"control_id": "m", "max_length": 1.5}},
+        {"verb": "pause", "length": 3},
+    ]
+    result = await run_call(
+        app, caller=str(speech_then_silence), speed=SPEED, recording_store=store
+    )
+    by_id = {r["control_id"]: r for r in result.recordings}
+    assert by_id["s"]["cause"] == "success-silence"
+    assert 1.4 <= by_id["s"]["duration_ms"] / 1000 <= 1.9  # 1 s speech + 0.6 s (+ jitter hold)
+    assert by_id["m"]["cause"] == "success-maxtime"
+    assert by_id["m"]["duration_ms"] == 1500  # cut at exactly max_length
+
+
+async def test_swml_direction_picks_the_side_in_mono(store: RecordingStore) -> None:
+    app = [
+        {"record_call": {"control_id": "speak", "direction": "speak"}},
+        {"record_call": {"control_id": "listen", "direction": "listen"}},
+        {"record_call": {"control_id": "both", "direction": "both"}},
+        {"verb": "pause", "length": 1},
+    ]
+    result = await run_call(
+        app, caller="tone:440:2", callee="tone:1000:2", speed=SPEED, recording_store=store
+    )
+    spectra = {}
+    for rec in result.recordings:
+        rate, channels, pcm = wav_channels(Path(rec["path"]).read_bytes())
+        assert channels == 1 and rate == 8000
+        spectrum = np.abs(np.fft.rfft(pcm[:, 0].astype(np.float64)))
+        bins = np.fft.rfftfreq(pcm.shape[0], 1 / rate)
+        spectra[rec["control_id"]] = {
+            hz: float(spectrum[np.abs(bins - hz) < 15].max()) for hz in (440, 1000)
+        }
+    assert spectra["speak"][440] > 100 * spectra["speak"][1000]  # only what the caller says
+    assert spectra["listen"][1000] > 100 * spectra["listen"][440]  # only what it hears
+    both = spectra["both"]
+    assert 0.5 < both[440] / both[1000] < 2  # both, mixed
+
+
+async def test_kazoo_upload_to_a_server_that_is_down_keeps_the_file(
+    store: RecordingStore,
+) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/rec"
+    app = [
+        {"module": "record_call", "data": {"format": "mp4", "url": dead}},
+        {"verb": "pause", "length": 0.5},
+    ]
+    await run_call(app, caller="tone:440:2", speed=SPEED, recording_store=store)
+    kept = sorted(p.suffix for p in store.spool_path.iterdir())
+    assert kept == [".json", ".mp4"]
+    job = json.loads(next(store.spool_path.glob("*.json")).read_text())
+    assert job["state"] == "failed" and job["attempts"] == 3  # 1 + 2 retries
