@@ -314,6 +314,9 @@ class Supervisor:
                 pass_fds=(theirs.fileno(),),
                 limit=1 << 20,
             )
+        except OSError:
+            ours.close()
+            raise
         finally:
             theirs.close()
         reader, writer = await asyncio.open_connection(sock=ours)

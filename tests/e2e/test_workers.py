@@ -144,9 +144,10 @@ def header(text: str, name: str) -> str:
 async def test_in_dialog_requests_reach_the_dialogs_worker_from_any_source(
     tmp_path: Path,
 ) -> None:
-    """The 200 comes from the public port and names the worker's private port in
-    Contact; a BYE sent there from another source port (which the kernel's hash
-    could have given to the other worker) ends the call and is answered from there."""
+    """The 200 (and its retransmission) comes from the public port and names the
+    worker's private port in Contact; a BYE sent there from another source port
+    (which the kernel's hash could have given to the other worker) ends the call
+    and is answered from there."""
     with workers(tmp_path, PAUSE) as server:
         private = set(server.events("serve.listening")[0]["worker_sip_ports"])
         caller, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
@@ -161,6 +162,9 @@ async def test_in_dialog_requests_reach_the_dialogs_worker_from_any_source(
             caller.sendto(sip("INVITE", port, call_id, cseq=1, body=sdp), public)
             ok, source = await asyncio.to_thread(final, caller, "INVITE")
             assert ok.startswith("SIP/2.0 200") and source == public
+            # no ACK yet: the 200 is retransmitted on a timer, from the public port too
+            again, source = await asyncio.to_thread(final, caller, "INVITE")
+            assert again == ok and source == public
             contact_port = int(header(ok, "Contact").rstrip(">").rsplit(":", 1)[1])
             assert contact_port in private
             tag = header(ok, "To").split("tag=")[1]
