@@ -3,6 +3,7 @@ against a real HTTP server on loopback, real files decoded back."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import socket
@@ -373,3 +374,41 @@ async def test_kazoo_upload_to_a_server_that_is_down_keeps_the_file(
     assert kept == [".json", ".mp4"]
     job = json.loads(next(store.spool_path.glob("*.json")).read_text())
     assert job["state"] == "failed" and job["attempts"] == 3  # 1 + 2 retries
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_a_30_minute_call_records_in_flat_memory(store: RecordingStore) -> None:
+    """30 minutes of media as fast as the engine goes (~40x here): the recording
+    streams to disk, so RSS after the first minutes stays flat. Keeping the audio
+    in memory instead would add 30 min x 8000/s x 2 ch x 2 B = 58 MB."""
+    app = [
+        {"record_call": {"control_id": "long", "stereo": True}},
+        {"verb": "pause", "length": 1800},
+    ]
+    samples: list[float] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(_rss_mb())
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        result = await run_call(app, caller="silence:1801", speed=1000, recording_store=store)
+    finally:
+        sampler.cancel()
+    (rec,) = result.recordings
+    assert rec["cause"] == "success-hangup" and rec["duration_ms"] == 1_800_000
+    rate, channels, _ = wav_channels(Path(rec["path"]).read_bytes()[:4096])
+    assert (rate, channels) == (8000, 2)
+    assert Path(rec["path"]).stat().st_size >= 1800 * 8000 * 2 * 2
+    settled = samples[len(samples) // 10 :]  # after the first ~3 minutes of media
+    assert len(settled) > 20
+    assert max(settled) - settled[0] < 5.0, f"RSS grew: {settled[0]:.1f} -> {max(settled):.1f} MB"
