@@ -2,7 +2,10 @@
 
 Owns, in its own process: placing calls on ``serve`` with the project's
 sans-I/O UAC (``rtp.sip.endpoint.SipEndpoint``: INVITE, the ACK for the
-2xx, BYE, answering serve's BYEs), and sending PCMU 20 ms RTP for every
+2xx, BYE, answering serve's BYEs) over ``--lanes`` SIP sockets, calls
+dealt round-robin (``serve --workers N`` shares its SIP port with
+SO_REUSEPORT: the kernel spreads callers by source address:port, so one
+socket would put every call on one worker), and sending PCMU 20 ms RTP for every
 live call on one absolute 20 ms schedule, each packet on its own UDP
 socket. Every packet carries its send time: the first 8 payload bytes are
 the low 32 bits of ``time.monotonic_ns() // 1000`` (CLOCK_MONOTONIC, shared
@@ -68,33 +71,21 @@ class Stream:
         self.ts = (self.ts + 160) & 0xFFFFFFFF
 
 
-class LoadGenerator(asyncio.DatagramProtocol):
-    def __init__(self, host: str, target: tuple[str, int]) -> None:
-        self.host = host
-        self.target = target
-        self.streams: dict[object, Stream] = {}
-        self.pending: dict[CallHandle, socket.socket] = {}
-        self.answered = 0
-        self.failed = 0
-        self.ended = 0
-        self.sent = 0
-        self.loop = asyncio.get_running_loop()
+class Lane(asyncio.DatagramProtocol):
+    """One SIP socket and the UAC endpoint on it."""
+
+    def __init__(self, gen: LoadGenerator) -> None:
+        self.gen = gen
+        self.loop = gen.loop
         self.endpoint: SipEndpoint | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.ticker: asyncio.TimerHandle | None = None
-        self.tick_k = 0
-        self.tick_start = 0.0
 
-    # -- SIP plumbing ------------------------------------------------------------------
-
-    async def open(self) -> None:
-        transport, _ = await self.loop.create_datagram_endpoint(
-            lambda: self, local_addr=(self.host, 0)
-        )
+    async def open(self, host: str) -> None:
+        transport, _ = await self.loop.create_datagram_endpoint(lambda: self, local_addr=(host, 0))
         self.transport = transport
         port = int(transport.get_extra_info("sockname")[1])
-        self.endpoint = SipEndpoint(self.host, port, now=self.loop.time(), answer_timeout=None)
+        self.endpoint = SipEndpoint(host, port, now=self.loop.time(), answer_timeout=None)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         assert self.endpoint is not None
@@ -106,20 +97,21 @@ class LoadGenerator(asyncio.DatagramProtocol):
         now = self.loop.time()
         for data, addr in self.endpoint.datagrams_to_send(now):
             self.transport.sendto(data, addr)
+        gen = self.gen
         while (event := self.endpoint.next_event()) is not None:
             if isinstance(event, OutgoingCallAnswered):
-                self.on_answer(event)
+                gen.on_answer(event)
             elif isinstance(event, OutgoingCallFailed):
-                self.failed += 1
-                sock = self.pending.pop(event.call, None)
+                gen.failed += 1
+                sock = gen.pending.pop(event.call, None)
                 if sock is not None:
                     sock.close()
             elif isinstance(event, CallEnded):
-                self.ended += 1
-                stream = self.streams.pop(event.call, None)
+                gen.ended += 1
+                stream = gen.streams.pop(event.call, None)
                 if stream is not None:
                     stream.sock.close()
-                sock = self.pending.pop(event.call, None)
+                sock = gen.pending.pop(event.call, None)
                 if sock is not None:
                     sock.close()
         for data, addr in self.endpoint.datagrams_to_send(now):
@@ -136,6 +128,33 @@ class LoadGenerator(asyncio.DatagramProtocol):
         self.endpoint.handle_timer(self.loop.time())
         self.pump()
 
+
+class LoadGenerator:
+    def __init__(self, host: str, target: tuple[str, int], lanes: int = 16) -> None:
+        self.host = host
+        self.target = target
+        self.streams: dict[object, Stream] = {}
+        self.pending: dict[CallHandle, socket.socket] = {}
+        self.answered = 0
+        self.failed = 0
+        self.ended = 0
+        self.sent = 0
+        self.loop = asyncio.get_running_loop()
+        self.lanes = [Lane(self) for _ in range(max(1, lanes))]
+        self.lane_of: dict[CallHandle, Lane] = {}
+        self.serial = 0
+        self.ticker: asyncio.TimerHandle | None = None
+        self.tick_k = 0
+        self.tick_start = 0.0
+
+    async def open(self) -> None:
+        for lane in self.lanes:
+            await lane.open(self.host)
+
+    @property
+    def call_count(self) -> int:
+        return sum(lane.endpoint.call_count for lane in self.lanes if lane.endpoint is not None)
+
     def on_answer(self, event: OutgoingCallAnswered) -> None:
         sock = self.pending.pop(event.call)
         body = event.response.body.decode(errors="replace")
@@ -147,10 +166,10 @@ class LoadGenerator(asyncio.DatagramProtocol):
             return
         sock.connect((addr.group(1), int(port.group(1))))
         self.answered += 1
-        self.streams[event.call] = Stream(sock, ssrc=0x10000 + event.call.serial)
+        self.serial += 1
+        self.streams[event.call] = Stream(sock, ssrc=0x10000 + self.serial)
 
     async def place(self, n: int, cps: float) -> dict[str, int]:
-        assert self.endpoint is not None
         self.answered = self.failed = 0
         host, port = self.target
         for i in range(n):
@@ -162,7 +181,9 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 f"v=0\r\no=- {rport} 1 IN IP4 {self.host}\r\ns=-\r\nc=IN IP4 {self.host}\r\n"
                 f"t=0 0\r\nm=audio {rport} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
             )
-            handle = self.endpoint.invite(
+            lane = self.lanes[i % len(self.lanes)]
+            assert lane.endpoint is not None
+            handle = lane.endpoint.invite(
                 f"sip:load@{host}:{port}",
                 from_uri=f"<sip:caller{i}@{self.host}>",
                 sdp=sdp.encode(),
@@ -170,7 +191,8 @@ class LoadGenerator(asyncio.DatagramProtocol):
                 now=self.loop.time(),
             )
             self.pending[handle] = sock
-            self.pump()
+            self.lane_of[handle] = lane
+            lane.pump()
             await asyncio.sleep(1.0 / cps)
         deadline = self.loop.time() + 30
         while self.pending and self.loop.time() < deadline:
@@ -179,20 +201,23 @@ class LoadGenerator(asyncio.DatagramProtocol):
         return {"answered": self.answered, "failed": self.failed}
 
     async def hang_up(self) -> dict[str, int]:
-        assert self.endpoint is not None
         self.stop_rtp()
         calls = [c for c in self.streams if isinstance(c, CallHandle)]
         self.ended = 0
         for call in calls:
-            self.endpoint.hangup(call, now=self.loop.time())
-        self.pump()
+            lane = self.lane_of.pop(call)
+            assert lane.endpoint is not None
+            lane.endpoint.hangup(call, now=self.loop.time())
+        for lane in self.lanes:
+            lane.pump()
         deadline = self.loop.time() + 15
-        while self.endpoint.call_count and self.loop.time() < deadline:
+        while self.call_count and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for stream in self.streams.values():
             stream.sock.close()
         self.streams.clear()
-        return {"hung_up": len(calls), "ended": self.ended, "left": self.endpoint.call_count}
+        self.lane_of.clear()
+        return {"hung_up": len(calls), "ended": self.ended, "left": self.call_count}
 
     # -- raw RTP (naive baseline) --------------------------------------------------------
 
@@ -229,8 +254,8 @@ class LoadGenerator(asyncio.DatagramProtocol):
         self.ticker = self.loop.call_at(due, self.tick)
 
 
-async def run(host: str, target: tuple[str, int]) -> None:
-    gen = LoadGenerator(host, target)
+async def run(host: str, target: tuple[str, int], lanes: int) -> None:
+    gen = LoadGenerator(host, target, lanes)
     await gen.open()
     reader = asyncio.StreamReader()
     await gen.loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -260,14 +285,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--target", default="127.0.0.1:5060", help="serve's SIP HOST:PORT")
+    parser.add_argument("--lanes", type=int, default=16, help="SIP sockets, calls round-robin")
     args = parser.parse_args()
     host, _, port = args.target.rpartition(":")
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(args.host, (host, int(port))))
+        asyncio.run(run(args.host, (host, int(port)), args.lanes))
     else:
-        uvloop.run(run(args.host, (host, int(port))))
+        uvloop.run(run(args.host, (host, int(port)), args.lanes))
 
 
 if __name__ == "__main__":
