@@ -276,8 +276,10 @@ class Bench:
         self.ws_port = int(self.receiver.read(15)["port"])
         self.sip_port = _free_port()
         self.admin_port = _free_port(socket.SOCK_STREAM)
-        self.rtp_low = _free_range(2 * max_calls + 20)
-        self.rtp_high = self.rtp_low + 2 * max_calls + 19
+        # workers split the RTP range and the kernel's hash does not split calls evenly
+        ports = 2 * max_calls * (2 if workers > 1 else 1) + 20
+        self.rtp_low = _free_range(ports)
+        self.rtp_high = self.rtp_low + ports - 1
         self.naive_low = _free_range(2 * max_calls + 4, (self.rtp_low, self.rtp_high))
         app = work / "app.json"
         app.write_text(

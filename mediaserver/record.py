@@ -233,7 +233,7 @@ class CallRecordings:
         )
         # hidden name: the admin endpoint never serves a file awaiting its upload
         name = f".kazoo-{self.call.call_sid}-{next(self._seq)}.{opts.format}"
-        self._start("kazoo", options, self.service.work_path() / name, kazoo=opts)
+        self._start("kazoo", options, name, kazoo=opts)
 
     # -- SignalWire ---------------------------------------------------------------------
 
@@ -290,7 +290,7 @@ class CallRecordings:
         run = self._start(
             "swml",
             options,
-            self.service.work_path() / name,
+            name,
             swml=opts,
             control_id=opts.control_id,
             url=url,
@@ -349,7 +349,7 @@ class CallRecordings:
         self,
         dialect: str,
         options: RecordingOptions,
-        path: Path,
+        name: str,
         **extra: Any,
     ) -> _Run | None:
         leg = self.call.leg
@@ -361,7 +361,7 @@ class CallRecordings:
                 self._stopped(holder[0], result)
 
         try:
-            recorder = Recorder(path, options, on_stop=on_stop)
+            recorder = Recorder(self.service.work_path() / name, options, on_stop=on_stop)
         except (OSError, ValueError) as exc:
             self.call.log.error("record_call.open_failed", dialect=dialect, error=str(exc))
             return None

@@ -116,3 +116,42 @@ async def test_kazoo_and_signalwire_recordings_of_a_sipp_call(tmp_path: Path) ->
     assert best_correlation(caller, expected) > 0.8  # lossy at telephony bit rates
     assert abs(caller.size / 8000 - record["duration"]) < 0.3
     assert abs(seconds - record["duration"]) < 0.3
+
+
+async def test_kazoo_record_on_bridge_starts_when_dial_bridges(tmp_path: Path) -> None:
+    from dsp.tones import tone
+    from tests.e2e.phone import call_serve
+    from tests.e2e.test_dial_sipp import start_callee
+
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[recording]\ndirectory = "{tmp_path / "rec"}"\n'
+        f'spool_directory = "{tmp_path / "spool"}"\nstore_recordings = true\n'
+    )
+    callee, callee_port = start_callee(tmp_path)
+    try:
+        app = [
+            {"module": "record_call", "data": {"format": "wav", "record_on_bridge": True}},
+            {"verb": "pause", "length": 2},
+            {
+                "verb": "dial",
+                "target": [{"type": "sip", "sipUri": f"sip:b@127.0.0.1:{callee_port}"}],
+            },
+        ]
+        with Server(tmp_path, app, "--config", str(config)) as server:
+            await asyncio.to_thread(
+                call_serve, "127.0.0.1", server.sip_port, tone(600.0, 9.0, -10.0), seconds=8.5
+            )
+            server.wait_for("record_call.delivered", timeout=15)
+        assert await asyncio.to_thread(callee.wait, 15) == 0
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+    (stored,) = (tmp_path / "rec").glob("call_recording_*.wav")
+    rate, pcm = wav(stored.read_bytes())
+    assert (rate, pcm.shape[1]) == (16000, 2)
+    # started at the bridge, not with the verb: the 2 s pause and the dial's setup are not in it
+    assert pcm.shape[0] / rate < 6.6
+    left = pcm[:, 0].astype(np.float64)
+    assert abs(np.argmax(np.abs(np.fft.rfft(left))) * rate / left.size - 600) < 5  # the caller
+    assert best_correlation(pcm[::2, 1], capture_audio()) > 0.9  # right: the callee, bridged

@@ -412,3 +412,66 @@ async def test_a_30_minute_call_records_in_flat_memory(store: RecordingStore) ->
     settled = samples[len(samples) // 10 :]  # after the first ~3 minutes of media
     assert len(settled) > 20
     assert max(settled) - settled[0] < 5.0, f"RSS grew: {settled[0]:.1f} -> {max(settled):.1f} MB"
+
+
+async def test_a_recording_that_cannot_open_reports_error_and_the_call_goes_on(
+    hooks: Hooks, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the recordings directory should be")
+    store = RecordingStore(directory=str(blocked), spool_directory=str(tmp_path / "spool"))
+    app = [
+        {"record_call": {"control_id": "x", "status_url": f"{hooks.url}/status"}},
+        {"module": "record_call", "data": {"format": "wav"}},
+        {"verb": "pause", "length": 0.5},
+    ]
+    result = await run_call(app, caller="tone:440:2", speed=SPEED, recording_store=store)
+    assert result.reason == "hangup" or result.reason == "app-done"
+    assert result.recordings == []  # neither could start
+    assert result.variables["record_call_result"] == "failed"
+    for _ in range(100):
+        if hooks.statuses:
+            break
+        await asyncio.sleep(0.02)
+    assert [s["params"]["state"] for s in hooks.statuses] == ["error"]
+
+
+@dataclass
+class _FakeCall:
+    """What CallRecordings reads from a call, without SIP or an engine."""
+
+    leg: Any
+    call_sid: str = "fake"
+    attributes: dict[str, Any] = field(default_factory=dict)
+    variables: dict[str, Any] = field(default_factory=dict)
+    answered_at: float | None = None
+    log: Any = field(default_factory=lambda: __import__("structlog").get_logger())
+
+
+async def test_kazoo_record_on_answer_and_on_bridge_wait_for_their_moment(
+    store: RecordingStore,
+) -> None:
+    from mediaserver.engine import Leg
+    from mediaserver.record import CallRecordings, RecordingService
+
+    leg = Leg(call_sid="fake", codec="PCMU/8000", payload_type=0)
+    call = _FakeCall(leg)
+    recordings = CallRecordings(call, RecordingService(store))
+    recordings.kazoo({"format": "wav", "record_on_answer": True}, 0)
+    assert recordings.runs == [] and leg.listeners == []  # not answered yet
+    call.answered_at = 1.0
+    recordings.on_answer()
+    assert [r.dialect for r in recordings.runs] == ["kazoo"] and len(leg.listeners) == 1
+    tick = np.full(320, 1000, np.int16)  # 20 ms at the recording's 16 kHz
+    for _ in range(10):
+        recordings.runs[0].recorder.on_audio(tick, tick)
+    recordings.kazoo({"action": "stop"}, 1)
+    recordings.kazoo({"format": "wav", "record_on_bridge": True}, 2)
+    assert len(recordings.runs) == 1  # waits for a bridge, even though answered
+    recordings.on_bridge()
+    assert len(recordings.runs) == 2 and not recordings.runs[1].recorder.stopped
+    for _ in range(10):
+        recordings.runs[1].recorder.on_audio(tick, tick)
+    recordings.hangup()
+    results = await recordings.wait()
+    assert [r.cause.value for r in results] == ["success-stop", "success-hangup"]
