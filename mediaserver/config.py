@@ -76,6 +76,9 @@ class ServerConfig:
     dump_dir: str = ""  # write each call's decoded audio (WAV) and a JSON summary here
     # [recording]: the table as given; validated by load_config, read through .recording
     recording_options: tuple[tuple[str, Any], ...] = ()
+    # not in the TOML: a worker's base URL for what the admin endpoint serves (the
+    # supervisor's public one; record_call reports recordings under it)
+    public_admin_url: str = ""
 
     @property
     def recording(self) -> RecordingStore:
@@ -258,6 +261,10 @@ def worker_share(cfg: ServerConfig, index: int) -> ServerConfig:
         raise ValueError(f"worker index {index} out of 0..{cfg.workers - 1}")
     size = (cfg.rtp_port_high - cfg.rtp_port_low + 1) // cfg.workers // 2 * 2
     low = cfg.rtp_port_low + index * size
+    public = ""
+    if cfg.admin_enabled and cfg.admin_port:
+        host = f"[{cfg.admin_host}]" if ":" in cfg.admin_host else cfg.admin_host
+        public = f"http://{host}:{cfg.admin_port}"
     return replace(
         cfg,
         rtp_port_low=low,
@@ -265,6 +272,7 @@ def worker_share(cfg: ServerConfig, index: int) -> ServerConfig:
         max_calls=-(-cfg.max_calls // cfg.workers),
         admin_host="127.0.0.1",
         admin_port=0,
+        public_admin_url=public,
     )
 
 

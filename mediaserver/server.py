@@ -110,7 +110,9 @@ class SipServer(asyncio.DatagramProtocol):
         self.admin_url: str | None = None  # set by run_server when the admin endpoint is up
         # record_call: the [recording] store; uploads outlive their calls
         self.recordings = RecordingService(
-            config.recording, admin_url=lambda: self.admin_url, log=get_logger("recording")
+            config.recording,
+            admin_url=lambda: config.public_admin_url or self.admin_url,
+            log=get_logger("recording"),
         )
         self._resume: asyncio.Task[Any] | None = None
         self.forbidden = 0  # messages from outside allowed_sources (403 or dropped)

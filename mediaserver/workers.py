@@ -54,6 +54,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from mediaserver.config import ServerConfig, worker_share
 from mediaserver.logs import get_logger
+from mediaserver.recording_delivery import content_type_for, resolve_recording
 
 __all__ = [
     "RESTARTS_PER_MINUTE",
@@ -82,6 +83,8 @@ def _config_to_json(config: ServerConfig) -> dict[str, Any]:
 
 def _config_from_json(values: dict[str, Any]) -> ServerConfig:
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    # [recording] travels as [[key, value], ...]: back to pairs
+    fields["recording_options"] = tuple(tuple(kv) for kv in fields.get("recording_options", ()))
     return dataclasses.replace(ServerConfig(), **fields)
 
 
@@ -497,6 +500,8 @@ class WorkersAdmin:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/calls", self.calls)
+        # every worker records into the same [recording] directory: served from here
+        app.router.add_get("/recordings/{name}", self.recording)
         self._runner = web.AppRunner(app, access_log=None)
         self._session: aiohttp.ClientSession | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -527,6 +532,14 @@ class WorkersAdmin:
     async def _ask(self, path: str) -> list[tuple[int, int | None, Any]]:
         assert self._session is not None
         return await self.supervisor.ask_workers(self._session, path)
+
+    async def recording(self, request: web.Request) -> web.StreamResponse:
+        path = resolve_recording(self.supervisor.config.recording, request.raw_path)
+        if path is None:
+            raise web.HTTPNotFound(text="no such recording\n")
+        return web.FileResponse(
+            path, headers={"Content-Type": content_type_for(path.suffix.lstrip("."))}
+        )
 
     async def health(self, _request: web.Request) -> web.Response:
         """200 only when every worker says 200; otherwise 503 naming who does not."""

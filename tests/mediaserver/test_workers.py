@@ -96,7 +96,12 @@ def test_merged_values_parse_back_per_worker(values: list[int]) -> None:
 
 async def test_a_worker_reads_its_config_then_follows_drain_and_interrupt_orders() -> None:
     cfg = load_config(
-        None, workers=2, allowed_sources=("10.0.0.0/8",), codecs=("PCMA", "PCMU"), max_calls=9
+        None,
+        workers=2,
+        allowed_sources=("10.0.0.0/8",),
+        codecs=("PCMA", "PCMU"),
+        max_calls=9,
+        recording_options=(("directory", "/tmp/rec-w"), ("retries", 2)),
     )
     ours, theirs = socket.socketpair()
     first = {"index": 1, "workers": 2, "config": worker_share(cfg, 1).__dict__}
@@ -107,6 +112,10 @@ async def test_a_worker_reads_its_config_then_follows_drain_and_interrupt_orders
         assert (link.index, link.workers) == (1, 2)
         assert link.config == worker_share(cfg, 1)  # tuples and all, as the supervisor meant
         assert link.config.max_calls == 5
+        # [recording] arrives intact; recordings are reported under the public admin URL
+        assert link.config.recording.directory == "/tmp/rec-w"
+        assert link.config.recording.retries == 2
+        assert link.config.public_admin_url == "http://127.0.0.1:8081"
         stop, interrupt = asyncio.Event(), asyncio.Event()
         follow = asyncio.create_task(link.follow(stop, interrupt))
         await asyncio.wait_for(stop.wait(), 2)
