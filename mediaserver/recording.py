@@ -35,9 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import wave
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
@@ -234,13 +237,37 @@ class _WavFile(RecordingFile):
         self._wav.close()
 
 
-class _EncodedFile(RecordingFile):
-    """MP3 (LAME) or MP4 (AAC) through PyAV, encoded one codec frame at a time.
+_ENCODER_LOCK = threading.Lock()
+_ENCODER: ThreadPoolExecutor | None = None
+ENCODE_CHUNK_SECONDS = 0.2
+"""Audio an encoded recording collects in the tick before it is handed to the encoder."""
+MAX_PENDING_CHUNKS = 50
+"""Chunks (10 s of audio) a recording may have waiting for the encoder before ``write``
+waits for it: the bound on memory when encoding falls behind."""
 
-    The encoders take fixed frames (AAC 1024 samples, MP3 576 or 1152 by
-    rate), so each tick's samples go into a carry buffer of one codec frame
-    that is encoded whenever it fills; ``close`` encodes the partial last
-    frame and flushes the encoder.
+
+def _encoder() -> ThreadPoolExecutor:
+    """The process's encoder thread (one: each file's chunks are encoded in order)."""
+    global _ENCODER
+    with _ENCODER_LOCK:
+        if _ENCODER is None:
+            _ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-encoder")
+        return _ENCODER
+
+
+class _EncodedFile(RecordingFile):
+    """MP3 (LAME) or MP4 (AAC) through PyAV, encoded off the engine tick.
+
+    ``write`` runs inside the tick, so it only collects samples; every
+    ``ENCODE_CHUNK_SECONDS`` they go to the process's encoder thread as one
+    job (PyAV releases the GIL while LAME/AAC work, so the tick is not held
+    up: 16 kHz stereo MP3 cost ~0.4 ms per recording per tick in the tick).
+    A failed job (disk full) is raised by the next ``write`` or by ``close``;
+    ``close`` waits for this file's last job, so the file is complete when it
+    returns. At most ``MAX_PENDING_CHUNKS`` jobs wait per file: beyond that
+    ``write`` waits for the oldest, which bounds memory if encoding falls
+    behind. In a job, the encoders take fixed frames (AAC 1024 samples, MP3
+    576 or 1152 by rate) through a carry buffer of one codec frame.
 
     Bit rate: 16 kbit/s per channel per 8 kHz of sample rate (16 kbit/s for
     8 kHz mono, 64 kbit/s for 16 kHz stereo). Encoder speed settings are
@@ -292,8 +319,34 @@ class _EncodedFile(RecordingFile):
         self._carry = np.zeros((channels, self._frame_size), dtype=dtype)  # planar
         self._fill = 0
         self._pts = 0
+        self._collected: list[NDArray[np.int16]] = []
+        self._collected_samples = 0
+        self._chunk_samples = max(1, round(ENCODE_CHUNK_SECONDS * sample_rate)) * channels
+        self._jobs: deque[Future[None]] = deque()
 
     def _write(self, pcm: NDArray[np.int16]) -> None:
+        self._reap()
+        self._collected.append(pcm.copy())  # the engine reuses nothing, but be sure
+        self._collected_samples += pcm.shape[0]
+        if self._collected_samples >= self._chunk_samples:
+            self._submit()
+            while len(self._jobs) > MAX_PENDING_CHUNKS:
+                self._jobs.popleft().result()  # the encoder is behind: wait, bounded memory
+
+    def _submit(self) -> None:
+        if not self._collected:
+            return
+        chunk = np.concatenate(self._collected)
+        self._collected, self._collected_samples = [], 0
+        self._jobs.append(_encoder().submit(self._encode_pcm, chunk))
+
+    def _reap(self) -> None:
+        """Forget finished jobs; raise the first failure (it ends the recording)."""
+        jobs = self._jobs
+        while jobs and jobs[0].done():
+            jobs.popleft().result()
+
+    def _encode_pcm(self, pcm: NDArray[np.int16]) -> None:  # in the encoder thread
         planar = pcm.reshape(-1, self.channels).T  # a view: [channels, samples]
         n = planar.shape[1]
         pos = 0
@@ -318,14 +371,32 @@ class _EncodedFile(RecordingFile):
             self._container.mux(packet)
 
     def _finish(self) -> None:
+        self._submit()
+        last = _encoder().submit(self._flush)
+        self._jobs.append(last)
+        try:
+            last.result()  # FIFO: every earlier chunk of this file is encoded too
+        finally:
+            while self._jobs:  # surface the first failure, if any
+                self._jobs.popleft().result()
+
+    def _flush(self) -> None:  # in the encoder thread
         if self._fill:
             self._encode(np.ascontiguousarray(self._carry[:, : self._fill]))
             self._fill = 0
         for packet in self._stream.encode(None):
             self._container.mux(packet)
-        self._release()
+        self._close_files()
 
     def _release(self) -> None:
+        jobs: deque[Future[None]] = getattr(self, "_jobs", deque())  # none yet in __init__
+        for job in jobs:  # abort: let queued chunks run out before closing
+            with contextlib.suppress(Exception):
+                job.result()
+        jobs.clear()
+        self._close_files()
+
+    def _close_files(self) -> None:
         try:
             self._container.close()
         finally:
