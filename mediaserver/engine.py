@@ -200,8 +200,8 @@ class Leg:
     queued on ``playback`` (else silence) is encoded and handed to ``send``
     every ``ptime_ms``; ``send`` is None while the leg must not send (hold,
     recvonly). Key presses, from RFC 4733 or detected in-band, go to every
-    handler in ``dtmf_handlers``; silence timers set with
-    ``MediaEngine.watch_silence`` report to ``silence_handler``.
+    handler in ``dtmf_handlers``; silence timers (``MediaEngine.add_silence_watch``,
+    any number per leg) live in ``silence_watches``.
     """
 
     def __init__(
@@ -230,7 +230,8 @@ class Leg:
         self.send = send
         self.inband_dtmf = inband_dtmf
         self.dtmf_handlers: list[Callable[[Leg, DtmfKey], None]] = []
-        self.silence_handler: Callable[[Leg, SilenceExpiry], None] | None = None
+        self.silence_watches: list[SilenceWatch] = []
+        self._default_watch: SilenceWatch | None = None  # watch_silence's
         self.listeners: list[LegListener | FrameListener] = []
         self.playback = Playback()
         # What else this leg's far end hears besides playback, mixed in each tick:
@@ -415,6 +416,23 @@ class Leg:
         return out
 
 
+@dataclass(eq=False)
+class SilenceWatch:
+    """One set of FreeSWITCH silence timers on what a leg's far end says.
+
+    ``on_expiry(watch, expiry)`` is called once, from a tick, when a timer
+    expires; ``speech_detected`` is kept up to date every tick. Each watch
+    has its own detector row, so a listen ``timeout`` and any number of
+    recordings can time the same leg independently, all in one batched
+    detector call per tick and rate.
+    """
+
+    leg: Leg
+    on_expiry: Callable[[SilenceWatch, SilenceExpiry], None]
+    row: int
+    speech_detected: bool = False
+
+
 @dataclass
 class _CodecGroup:
     legs: list[Leg] = field(default_factory=list)
@@ -433,8 +451,9 @@ class MediaEngine:
         self._concealers: dict[int, LossConcealer] = {}
         self._dtmf: dict[int, DtmfDetector] = {}
         self._resamplers: dict[tuple[int, int, str], Resampler] = {}
-        self._silence: dict[int, SilenceDetector] = {}
-        self._watched: set[int] = set()  # slots with a silence watch
+        self._silence: dict[int, SilenceDetector] = {}  # by rate; rows = watches
+        self._silence_rows = 4 * capacity  # a listen timeout + recordings per leg
+        self._free_rows = list(range(self._silence_rows - 1, -1, -1))
         # Called with the media time at the start of every tick, before any leg is
         # played out: simulated legs push the RTP that is due, in lock-step with the
         # clock whatever the machine's load (mediaserver call, tests).
@@ -461,7 +480,8 @@ class MediaEngine:
     def remove_leg(self, leg: Leg) -> None:
         if self._legs.get(leg.slot) is not leg:
             return
-        self.unwatch_silence(leg)
+        for watch in list(leg.silence_watches):
+            self.remove_silence_watch(watch)
         del self._legs[leg.slot]
         group = self._groups[leg.codec.info.key]
         group.legs.remove(leg)
@@ -475,8 +495,6 @@ class MediaEngine:
             concealer.reset(slot)
         for detector in self._dtmf.values():
             detector.reset(slot)
-        for silence in self._silence.values():
-            silence.reset(slot)
         for resampler in self._resamplers.values():
             resampler.reset(slot)
 
@@ -492,6 +510,44 @@ class MediaEngine:
                 if a != b:
                     Resampler(1, a, b)
 
+    def add_silence_watch(
+        self,
+        leg: Leg,
+        on_expiry: Callable[[SilenceWatch, SilenceExpiry], None],
+        *,
+        threshold: float = 200.0,
+        initial_timeout_ms: int = 0,
+        final_timeout_ms: int = 0,
+    ) -> SilenceWatch:
+        """Start FreeSWITCH-style silence timers on ``leg`` (see ``SilenceWatch``)."""
+        if leg.slot < 0 or self._legs.get(leg.slot) is not leg:
+            raise ValueError("add_silence_watch: the leg is not in this engine")
+        if not self._free_rows:
+            raise RuntimeError(f"silence watches full: {self._silence_rows}")
+        detector = self._silence.get(leg.sample_rate)
+        if detector is None:
+            detector = self._silence[leg.sample_rate] = SilenceDetector(
+                self._silence_rows, leg.sample_rate
+            )
+        row = self._free_rows.pop()
+        detector.reset(row)
+        detector.configure(
+            row,
+            threshold=threshold,
+            initial_timeout_ms=initial_timeout_ms,
+            final_timeout_ms=final_timeout_ms,
+        )
+        watch = SilenceWatch(leg, on_expiry, row)
+        leg.silence_watches.append(watch)
+        return watch
+
+    def remove_silence_watch(self, watch: SilenceWatch) -> None:
+        """Stop a watch (idempotent); its row is free for the next one."""
+        if watch not in watch.leg.silence_watches:
+            return
+        watch.leg.silence_watches.remove(watch)
+        self._free_rows.append(watch.row)
+
     def watch_silence(
         self,
         leg: Leg,
@@ -501,30 +557,21 @@ class MediaEngine:
         initial_timeout_ms: int = 0,
         final_timeout_ms: int = 0,
     ) -> None:
-        """Run FreeSWITCH-style silence timers on what ``leg``'s far end says.
-
-        ``on_expiry`` is called once, from a tick, when a timer expires; see
-        ``dsp.silence``. Watching again restarts the timers.
-        """
-        if leg.slot < 0:
-            raise ValueError("watch_silence: the leg is not in this engine")
-        detector = self._silence.get(leg.sample_rate)
-        if detector is None:
-            detector = self._silence[leg.sample_rate] = SilenceDetector(
-                self.capacity, leg.sample_rate
-            )
-        detector.configure(
-            leg.slot,
+        """The leg's one default watch (a listen ``timeout``): ``on_expiry(leg, expiry)``
+        once when a timer expires. Watching again restarts the timers."""
+        self.unwatch_silence(leg)
+        leg._default_watch = self.add_silence_watch(
+            leg,
+            lambda watch, expiry: on_expiry(watch.leg, expiry),
             threshold=threshold,
             initial_timeout_ms=initial_timeout_ms,
             final_timeout_ms=final_timeout_ms,
         )
-        leg.silence_handler = on_expiry
-        self._watched.add(leg.slot)
 
     def unwatch_silence(self, leg: Leg) -> None:
-        self._watched.discard(leg.slot)
-        leg.silence_handler = None
+        if leg._default_watch is not None:
+            self.remove_silence_watch(leg._default_watch)
+            leg._default_watch = None
 
     def _concealer(self, frame: int) -> LossConcealer:
         c = self._concealers.get(frame)
@@ -585,6 +632,7 @@ class MediaEngine:
         listening: list[int] = []
         playing: list[int] = []
         sending: list[int] = []
+        watching: list[int] = []
         stateful = codec.batch is None
         read = np.empty((n, frame), dtype=np.int16) if stateful else None
         for i, leg in enumerate(legs):
@@ -607,6 +655,8 @@ class MediaEngine:
                 playing.append(i)
             if leg.send is not None:
                 sending.append(i)
+            if leg.silence_watches:
+                watching.append(i)
 
         # 1. decode the whole group at once, conceal the lost frames in one call
         if read is None:
@@ -637,19 +687,21 @@ class MediaEngine:
                         DtmfKey(ev.digit, "inband", ended=True, duration=ev.duration_8k)
                     )
 
-        # 2b. silence timers, one detector call for the watched legs of this rate
-        if self._watched:
-            watched = np.fromiter(
-                (leg.slot in self._watched for leg in legs), dtype=np.bool_, count=n
-            )
-            if watched.any():
-                rows = np.flatnonzero(watched)
-                decisions = self._silence[rate].process(read[rows], slots[rows])
-                for row in np.flatnonzero(decisions.expiry).tolist():
-                    leg = legs[int(rows[row])]
-                    if leg.silence_handler is not None:
-                        expiry = SilenceExpiry(int(decisions.expiry[row]))
-                        callbacks.append(partial(leg.silence_handler, leg, expiry))
+        # 2b. silence timers: one detector call for every watch on this group's legs
+        if watching:
+            frame_rows: list[int] = []
+            watches: list[SilenceWatch] = []
+            for i in watching:
+                for watch in legs[i].silence_watches:
+                    frame_rows.append(i)
+                    watches.append(watch)
+            det_rows = np.fromiter((w.row for w in watches), dtype=np.intp, count=len(watches))
+            decisions = self._silence[rate].process(read[frame_rows], det_rows)
+            for watch, speech in zip(watches, decisions.speech_detected.tolist(), strict=True):
+                watch.speech_detected = speech
+            for k in np.flatnonzero(decisions.expiry).tolist():
+                expiry = SilenceExpiry(int(decisions.expiry[k]))
+                callbacks.append(partial(watches[k].on_expiry, watches[k], expiry))
 
         # 3. what each far end hears: playback or silence, encoded as a batch
         write = np.zeros((n, frame), dtype=np.int16)

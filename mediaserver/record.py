@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dsp.tones import beep
-from mediaserver.engine import DtmfKey, Leg
+from mediaserver.engine import DtmfKey, Leg, MediaEngine, SilenceWatch
 from mediaserver.record_options import (
     KazooRecordOptions,
     RecordError,
@@ -139,6 +139,7 @@ class RecordingCall(Protocol):
     leg: Leg | None
     answered_at: float | None
     log: Any
+    engine: MediaEngine
 
 
 @dataclass
@@ -153,6 +154,7 @@ class _Run:
     url: str = ""  # SignalWire: where the file is reported
     status: RecordStatusCallbacks | None = None
     dtmf_handler: Callable[[Leg, DtmfKey], None] | None = None
+    silence: SilenceWatch | None = None  # the engine's timers for this recording
     done: asyncio.Future[RecordingResult] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -360,13 +362,35 @@ class CallRecordings:
             if holder:
                 self._stopped(holder[0], result)
 
+        def spoke() -> bool:
+            watch = holder[0].silence if holder else None
+            return watch is not None and watch.speech_detected
+
         try:
-            recorder = Recorder(self.service.work_path() / name, options, on_stop=on_stop)
+            # Silence timers run in the engine, batched with every other watch (a
+            # detector call per recording per tick cost ~50 us); without timers
+            # nobody needs to know whether anyone spoke.
+            recorder = Recorder(
+                self.service.work_path() / name,
+                options,
+                on_stop=on_stop,
+                own_silence_detector=False,
+                speech_source=spoke,
+            )
         except (OSError, ValueError) as exc:
             self.call.log.error("record_call.open_failed", dialect=dialect, error=str(exc))
             return None
         run = _Run(dialect, recorder, leg, time.time(), **extra)
         holder.append(run)
+        silence = options.silence
+        if silence is not None and leg.slot >= 0:
+            run.silence = self.call.engine.add_silence_watch(
+                leg,
+                lambda _watch, expiry: recorder.silence_expired(expiry),
+                threshold=silence.threshold,
+                initial_timeout_ms=silence.initial_timeout_ms,
+                final_timeout_ms=silence.final_timeout_ms,
+            )
         self.runs.append(run)
         leg.listeners.append(recorder)
         self.call.log.info(
@@ -385,6 +409,8 @@ class CallRecordings:
         def detach() -> None:  # not while the engine iterates the listeners
             with contextlib.suppress(ValueError):
                 run.leg.listeners.remove(run.recorder)
+            if run.silence is not None:
+                self.call.engine.remove_silence_watch(run.silence)
             if run.dtmf_handler is not None:
                 with contextlib.suppress(ValueError):
                     run.leg.dtmf_handlers.remove(run.dtmf_handler)

@@ -540,7 +540,14 @@ class Recorder:
         path: Path | str,
         options: RecordingOptions | None = None,
         on_stop: Callable[[RecordingResult], None] | None = None,
+        *,
+        own_silence_detector: bool = True,
+        speech_source: Callable[[], bool] | None = None,
     ) -> None:
+        """``own_silence_detector=False``: the caller runs the silence timers (the
+        engine's batched ``SilenceWatch``, one detector call for all recordings)
+        and reports expiries with ``silence_expired``; ``speech_source`` then says
+        whether anyone spoke. No detector runs here."""
         opts = options if options is not None else RecordingOptions()
         self.options = opts
         self.sample_rate = opts.sample_rate
@@ -560,7 +567,8 @@ class Recorder:
         self._speech = False
         # The detector runs while it can still change something: until the first
         # speech when there is no final timeout (it still says whether anyone spoke).
-        self._watching = True
+        self._watching = own_silence_detector
+        self._speech_source = speech_source
         self._final_timer = silence.final_timeout_ms > 0
         self._file = open_recording(path, opts.format, opts.sample_rate, opts.layout.channels)
 
@@ -581,6 +589,16 @@ class Recorder:
     @property
     def speech_detected(self) -> bool:
         return self._speech
+
+    def silence_expired(self, expiry: SilenceExpiry) -> None:
+        """An outside silence timer expired: end as ``on_audio`` would have."""
+        if self.result is not None:
+            return
+        if expiry == SilenceExpiry.SILENCE:
+            self._speech = True  # the final timer runs only after speech
+            self._finish(RecordingCause.SUCCESS_SILENCE)
+        else:
+            self._finish(RecordingCause.NO_INPUT_TIMEOUT)
 
     @property
     def recorded_ms(self) -> int:
@@ -635,6 +653,8 @@ class Recorder:
         return both
 
     def _finish(self, cause: RecordingCause) -> RecordingResult:
+        if self._speech_source is not None:
+            self._speech = self._speech or self._speech_source()
         try:
             info = self._file.close()
         except Exception as exc:

@@ -329,6 +329,40 @@ def test_silence_watch_fires_once_per_leg_after_speech_stops() -> None:
     assert 98 <= by_leg["b"][1] <= 100  # 2 s of nothing but silence
 
 
+def test_several_silence_watches_on_one_leg_time_independently() -> None:
+    from dsp.silence import SilenceExpiry
+
+    engine = MediaEngine(2)
+    leg = Leg(call_sid="a", codec="PCMU/8000", payload_type=0)
+    engine.add_leg(leg)
+    fired: list[tuple[str, SilenceExpiry, int]] = []
+    tick = {"t": 0}
+
+    def watch(name: str, final_ms: int) -> object:
+        return engine.add_silence_watch(
+            leg, lambda w, e: fired.append((name, e, tick["t"])), final_timeout_ms=final_ms
+        )
+
+    short, long_, dropped = watch("short", 400), watch("long", 800), watch("dropped", 400)
+    engine.remove_silence_watch(dropped)  # type: ignore[arg-type]
+    engine.remove_silence_watch(dropped)  # type: ignore[arg-type]  # idempotent
+    engine.watch_silence(leg, lambda lg, e: fired.append(("default", e, tick["t"])),
+                         final_timeout_ms=600)  # fmt: skip
+    pkts = rtp_stream("PCMU/8000", 0, np.concatenate([tone(300.0, 0.5, -10.0),
+                                                      np.zeros(8000 * 2, np.int16)]))  # fmt: skip
+    for t in range(120):
+        tick["t"] = t
+        if t < len(pkts):
+            leg.receive_datagram(pkts[t], t * TICK)
+        engine.tick(t * TICK)
+    at = {name: t for name, e, t in fired if e is SilenceExpiry.SILENCE}
+    assert set(at) == {"short", "long", "default"}  # the removed one never fires
+    assert at["long"] - at["short"] == 20 and at["default"] - at["short"] == 10  # 400/200 ms
+    assert short.speech_detected and long_.speech_detected  # type: ignore[attr-defined]
+    engine.remove_leg(leg)
+    assert leg.silence_watches == []  # removing the leg frees every row
+
+
 def test_bridge_transcodes_between_g722_and_pcmu_legs() -> None:
     from mediaserver.engine import LegBridge
 
