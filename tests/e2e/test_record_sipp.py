@@ -155,3 +155,73 @@ async def test_kazoo_record_on_bridge_starts_when_dial_bridges(tmp_path: Path) -
     left = pcm[:, 0].astype(np.float64)
     assert abs(np.argmax(np.abs(np.fft.rfft(left))) * rate / left.size - 600) < 5  # the caller
     assert best_correlation(pcm[::2, 1], capture_audio()) > 0.9  # right: the callee, bridged
+
+
+async def test_sigterm_spools_failed_uploads_and_the_next_start_delivers_them(
+    tmp_path: Path,
+) -> None:
+    """Nothing is lost: uploads failing at shutdown stay in the spool; the next
+    serve sends them."""
+    import signal
+
+    from tests.e2e.test_operations import SCENARIOS
+
+    calls = 4
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[calls]\ndrain_seconds = 3\n[recording]\ndirectory = "{tmp_path / "rec"}"\n'
+        f'spool_directory = "{tmp_path / "spool"}"\nretries = 1\nretry_delay = 0.2\n'
+    )
+    received: list[bytes] = []
+    accept = False
+
+    async def upload(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not accept:
+            return web.Response(status=503)
+        received.append(body)
+        return web.Response(status=201)
+
+    app_ = web.Application()
+    app_.router.add_put("/rec/{name}", upload)
+    runner = web.AppRunner(app_)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    app = [
+        {"module": "record_call", "data": {"format": "wav", "url": f"{base}/rec"}},
+        {"verb": "pause", "length": 60},
+    ]
+    try:
+        with Server(tmp_path, app, "--config", str(config)) as server:
+            sipp = asyncio.create_task(
+                asyncio.to_thread(
+                    run_sipp, tmp_path, server, "-sf", str(SCENARIOS / "server_bye.xml"),
+                    "-m", str(calls), "-l", str(calls), "-r", str(calls), timeout=45,
+                )
+            )  # fmt: skip
+            # blocking waits go to a thread: the loop must start SIPp meanwhile
+            await asyncio.to_thread(server.wait_for, "record_call.started", calls, 20)
+            await asyncio.sleep(1.5)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(server.proc.wait, 20) == 0
+            await sipp
+        assert received == []
+        spooled = sorted((tmp_path / "spool").glob("*.wav"))
+        assert len(spooled) == calls  # every recording kept, none uploaded
+        accept = True
+        (tmp_path / "dumps").mkdir(exist_ok=True)
+        with Server(tmp_path, app, "--config", str(config)) as again:
+            for _ in range(200):
+                if len(received) == calls:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(again.wait_for, "serve.listening")
+    finally:
+        await runner.cleanup()
+    assert len(received) == calls  # the next start delivered every spooled file
+    for body in received:
+        rate, pcm = wav(body)
+        assert rate == 16000 and pcm.shape[1] == 2 and pcm.shape[0] / rate > 1.0
+    assert list((tmp_path / "spool").glob("*.wav")) == []
