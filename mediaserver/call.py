@@ -185,12 +185,14 @@ class Call:
         old = self.media
         self.media = media
         if media.codec != old.codec or media.payload_type != old.payload_type:
-            self.engine.remove_leg(self.leg)
             old_leg = self.leg
             self.leg = self._new_leg(media)
-            # forks and dumps follow the call at their own rate; so do key subscribers
+            # forks, dumps and recordings follow the call at their own rate; so do key
+            # subscribers and silence timers (a listen timeout, a recording's)
             self.leg.listeners = old_leg.listeners
             self.leg.dtmf_handlers = old_leg.dtmf_handlers
+            self.engine.move_silence_watches(old_leg, self.leg)
+            self.engine.remove_leg(old_leg)
             self.rtp.leg = self.leg
             self.engine.add_leg(self.leg)
         remote = self._remote(media)

@@ -430,6 +430,9 @@ class SilenceWatch:
     leg: Leg
     on_expiry: Callable[[SilenceWatch, SilenceExpiry], None]
     row: int
+    threshold: float = 200.0
+    initial_timeout_ms: int = 0
+    final_timeout_ms: int = 0
     speech_detected: bool = False
 
 
@@ -524,22 +527,37 @@ class MediaEngine:
             raise ValueError("add_silence_watch: the leg is not in this engine")
         if not self._free_rows:
             raise RuntimeError(f"silence watches full: {self._silence_rows}")
-        detector = self._silence.get(leg.sample_rate)
-        if detector is None:
-            detector = self._silence[leg.sample_rate] = SilenceDetector(
-                self._silence_rows, leg.sample_rate
-            )
         row = self._free_rows.pop()
-        detector.reset(row)
-        detector.configure(
-            row,
-            threshold=threshold,
-            initial_timeout_ms=initial_timeout_ms,
-            final_timeout_ms=final_timeout_ms,
-        )
-        watch = SilenceWatch(leg, on_expiry, row)
+        watch = SilenceWatch(leg, on_expiry, row, threshold, initial_timeout_ms, final_timeout_ms)
+        self._arm(watch, leg.sample_rate)
         leg.silence_watches.append(watch)
         return watch
+
+    def _arm(self, watch: SilenceWatch, rate: int) -> None:
+        detector = self._silence.get(rate)
+        if detector is None:
+            detector = self._silence[rate] = SilenceDetector(self._silence_rows, rate)
+        detector.reset(watch.row)
+        detector.configure(
+            watch.row,
+            threshold=watch.threshold,
+            initial_timeout_ms=watch.initial_timeout_ms,
+            final_timeout_ms=watch.final_timeout_ms,
+        )
+
+    def move_silence_watches(self, old: Leg, new: Leg) -> None:
+        """Hand ``old``'s watches to ``new`` (a codec change replaces the leg).
+
+        At the same rate the timers run on undisturbed; at another rate they
+        restart (the detector state is per rate).
+        """
+        for watch in list(old.silence_watches):
+            old.silence_watches.remove(watch)
+            if new.sample_rate != old.sample_rate:
+                self._arm(watch, new.sample_rate)
+            watch.leg = new
+            new.silence_watches.append(watch)
+        new._default_watch, old._default_watch = old._default_watch, None
 
     def remove_silence_watch(self, watch: SilenceWatch) -> None:
         """Stop a watch (idempotent); its row is free for the next one."""

@@ -363,6 +363,42 @@ def test_several_silence_watches_on_one_leg_time_independently() -> None:
     assert leg.silence_watches == []  # removing the leg frees every row
 
 
+def test_silence_watches_follow_a_codec_change_to_the_new_leg() -> None:
+    from dsp.silence import SilenceExpiry
+
+    engine = MediaEngine(4)
+    old = Leg(call_sid="a", codec="PCMU/8000", payload_type=0)
+    engine.add_leg(old)
+    fired: list[tuple[str, SilenceExpiry, int]] = []
+    tick = {"t": 0}
+    engine.add_silence_watch(old, lambda w, e: fired.append((w.leg.codec.info.key, e, tick["t"])),
+                             initial_timeout_ms=1000)  # fmt: skip
+    engine.watch_silence(old, lambda lg, e: fired.append(("default", e, tick["t"])),
+                         initial_timeout_ms=1400)  # fmt: skip
+    for t in range(20):  # 400 ms of nothing on the old leg
+        tick["t"] = t
+        engine.tick(t * TICK)
+    new = Leg(call_sid="a", codec="PCMA/8000", payload_type=8)  # same rate: timers go on
+    engine.move_silence_watches(old, new)
+    engine.remove_leg(old)
+    engine.add_leg(new)
+    assert len(new.silence_watches) == 2 and old.silence_watches == []
+    for t in range(20, 80):
+        tick["t"] = t
+        engine.tick(t * TICK)
+    assert [(k, e) for k, e, _ in fired] == [
+        ("PCMA/8000", SilenceExpiry.NO_INPUT),
+        ("default", SilenceExpiry.NO_INPUT),
+    ]
+    assert [t for _, _, t in fired] == [49, 69]  # 1.0 s and 1.4 s of silence, uninterrupted
+    wide = Leg(call_sid="a", codec="G722/8000", payload_type=9)  # 16 kHz: timers restart
+    engine.move_silence_watches(new, wide)
+    engine.remove_leg(new)
+    engine.add_leg(wide)
+    engine.unwatch_silence(wide)  # the default watch moved with the rest
+    assert len(wide.silence_watches) == 1
+
+
 def test_bridge_transcodes_between_g722_and_pcmu_legs() -> None:
     from mediaserver.engine import LegBridge
 
