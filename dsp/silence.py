@@ -136,6 +136,10 @@ class SilenceDetector:
         self._final[idx] = final_timeout_ms * self.sample_rate // 1000
         self.reset(idx)
 
+    def speech_detected(self, slot: int) -> bool:
+        """Whether a loud frame was heard on ``slot`` since its last ``reset``."""
+        return bool(self._speech[slot])
+
     def reset(self, slots: Slots) -> None:
         """Restart the timers of ``slots`` (speech flag cleared, nothing fired)."""
         idx = self._slots(slots)

@@ -421,7 +421,7 @@ class SilenceWatch:
     """One set of FreeSWITCH silence timers on what a leg's far end says.
 
     ``on_expiry(watch, expiry)`` is called once, from a tick, when a timer
-    expires; ``speech_detected`` is kept up to date every tick. Each watch
+    expires; ``speech_detected`` says whether anyone has spoken. Each watch
     has its own detector row, so a listen ``timeout`` and any number of
     recordings can time the same leg independently, all in one batched
     detector call per tick and rate.
@@ -433,7 +433,11 @@ class SilenceWatch:
     threshold: float = 200.0
     initial_timeout_ms: int = 0
     final_timeout_ms: int = 0
-    speech_detected: bool = False
+    detector: SilenceDetector | None = None  # where its row lives (by the leg's rate)
+
+    @property
+    def speech_detected(self) -> bool:
+        return self.detector is not None and self.detector.speech_detected(self.row)
 
 
 @dataclass
@@ -537,8 +541,8 @@ class MediaEngine:
         detector = self._silence.get(rate)
         if detector is None:
             detector = self._silence[rate] = SilenceDetector(self._silence_rows, rate)
-        detector.reset(watch.row)
-        detector.configure(
+        watch.detector = detector
+        detector.configure(  # also restarts the row's timers
             watch.row,
             threshold=watch.threshold,
             initial_timeout_ms=watch.initial_timeout_ms,
@@ -715,8 +719,6 @@ class MediaEngine:
                     watches.append(watch)
             det_rows = np.fromiter((w.row for w in watches), dtype=np.intp, count=len(watches))
             decisions = self._silence[rate].process(read[frame_rows], det_rows)
-            for watch, speech in zip(watches, decisions.speech_detected.tolist(), strict=True):
-                watch.speech_detected = speech
             for k in np.flatnonzero(decisions.expiry).tolist():
                 expiry = SilenceExpiry(int(decisions.expiry[k]))
                 callbacks.append(partial(watches[k].on_expiry, watches[k], expiry))
