@@ -25,13 +25,23 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mediaserver.metrics import CONTENT_TYPE, leg_forks
-from mediaserver.recording_delivery import content_type_for, resolve_recording
+from mediaserver.recording_delivery import RecordingStore, content_type_for, resolve_recording
 
 if TYPE_CHECKING:
     from mediaserver.call import Call
     from mediaserver.server import SipServer
 
-__all__ = ["AdminEndpoint", "call_summary"]
+__all__ = ["AdminEndpoint", "call_summary", "recording_response"]
+
+
+def recording_response(store: RecordingStore, request: web.Request) -> web.StreamResponse:
+    """``GET /recordings/<name>``: the finished recording from ``store``'s directory, or 404."""
+    path = resolve_recording(store, request.raw_path)
+    if path is None:
+        raise web.HTTPNotFound(text="no such recording\n")
+    return web.FileResponse(
+        path, headers={"Content-Type": content_type_for(path.suffix.lstrip("."))}
+    )
 
 
 def call_summary(call: Call, now: float) -> dict[str, Any]:
@@ -112,12 +122,7 @@ class AdminEndpoint:
         )
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
-        path = resolve_recording(self.server.recordings.store, request.raw_path)
-        if path is None:
-            raise web.HTTPNotFound(text="no such recording\n")
-        return web.FileResponse(
-            path, headers={"Content-Type": content_type_for(path.suffix.lstrip("."))}
-        )
+        return recording_response(self.server.recordings.store, request)
 
     async def calls(self, _request: web.Request) -> web.Response:
         now = self.server.clock.now()

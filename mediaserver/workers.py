@@ -52,9 +52,9 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from mediaserver.admin import recording_response
 from mediaserver.config import ServerConfig, worker_share
 from mediaserver.logs import get_logger
-from mediaserver.recording_delivery import content_type_for, resolve_recording
 
 __all__ = [
     "RESTARTS_PER_MINUTE",
@@ -534,12 +534,7 @@ class WorkersAdmin:
         return await self.supervisor.ask_workers(self._session, path)
 
     async def recording(self, request: web.Request) -> web.StreamResponse:
-        path = resolve_recording(self.supervisor.config.recording, request.raw_path)
-        if path is None:
-            raise web.HTTPNotFound(text="no such recording\n")
-        return web.FileResponse(
-            path, headers={"Content-Type": content_type_for(path.suffix.lstrip("."))}
-        )
+        return recording_response(self.supervisor.config.recording, request)
 
     async def health(self, _request: web.Request) -> web.Response:
         """200 only when every worker says 200; otherwise 503 naming who does not."""
