@@ -31,7 +31,20 @@ if TYPE_CHECKING:
     from mediaserver.call import Call
     from mediaserver.server import SipServer
 
-__all__ = ["AdminEndpoint", "call_summary", "recording_response"]
+__all__ = ["AdminEndpoint", "call_summary", "recording_response", "serve_on"]
+
+
+async def serve_on(runner: web.AppRunner, host: str, port: int) -> int:
+    """Start ``runner`` on ``host:port`` and return the bound port (``port`` 0: any
+    free one); on ``OSError`` (address taken) the runner is cleaned up and it raises."""
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return int(runner.addresses[0][1])
 
 
 def recording_response(store: RecordingStore, request: web.Request) -> web.StreamResponse:
@@ -92,14 +105,7 @@ class AdminEndpoint:
 
     async def start(self) -> None:
         """Bind and serve; ``OSError`` if the address is taken."""
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await serve_on(self._runner, self.host, self.port)
 
     async def stop(self) -> None:
         await self._runner.cleanup()

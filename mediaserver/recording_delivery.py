@@ -62,6 +62,7 @@ from yarl import URL
 from mediaserver.config import ConfigError
 from mediaserver.hooks import safe_url
 from mediaserver.logs import get_logger
+from mediaserver.recording import RecordingFormat
 
 __all__ = [
     "CONTENT_TYPES",
@@ -88,7 +89,7 @@ __all__ = [
     "store_recording",
 ]
 
-CONTENT_TYPES: Mapping[str, str] = {"mp3": "audio/mpeg", "wav": "audio/wav", "mp4": "audio/mp4"}
+CONTENT_TYPES: Mapping[str, str] = {f.value: f.content_type for f in RecordingFormat}
 RECORDINGS_ROUTE = "/recordings/"
 # Kazoo timestamps are Gregorian seconds (since year 0), not Unix seconds.
 _GREGORIAN_UNIX_OFFSET = 62_167_219_200

@@ -52,7 +52,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from mediaserver.admin import recording_response
+from mediaserver.admin import recording_response, serve_on
 from mediaserver.config import ServerConfig, worker_share
 from mediaserver.logs import get_logger
 
@@ -509,14 +509,7 @@ class WorkersAdmin:
         self._up: dict[int, bool] = {}
 
     async def start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        try:
-            await site.start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
-        self.port = int(self._runner.addresses[0][1])
+        self.port = await serve_on(self._runner, self.host, self.port)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ADMIN_TIMEOUT))
 
     async def stop(self) -> None:
