@@ -21,8 +21,9 @@ history before the group) to its ``P*L`` outputs is one fixed banded matrix.
 A call concatenates history and new samples per leg once, then runs one
 float32 BLAS matmul per group of periods for *all legs at once*: the window of
 group g is a strided view of that buffer (no copy), and the product is written
-straight into the output. The Python-level cost grows with the number of
-groups per call, never with the number of legs. When a call has few legs but
+straight into the output. All groups go to numpy as one ``[group, leg, window]``
+view in one call, so the Python-level cost is a few calls per stage, whatever
+the number of groups or legs. When a call has few legs but
 many groups (a long signal), each leg's groups are multiplied in a few calls
 instead, through strided views of that leg's row (still no copy).
 
@@ -430,10 +431,23 @@ def _multiply_groups(
                     writeable=False,
                 )
                 np.matmul(windows, matrix, out=dest[first::apart])
-    else:
-        for g in range(full):
-            a, b = g * step_in, g * step_out
-            np.matmul(buf[:, a : a + width], matrix, out=out[:, b : b + step_out])
+    elif full:
+        # Many legs: one matmul call over a [group, leg, window] view of buf
+        # and a [group, leg, output] view of out. numpy hands each group's
+        # slice to BLAS as is (both are row-strided matrices), so this is the
+        # per-group loop without its Python-level cost per group.
+        windows = as_strided(
+            buf,
+            shape=(full, rows, width),
+            strides=(step_in * buf.itemsize, buf.strides[0], buf.itemsize),
+            writeable=False,
+        )
+        dest = as_strided(
+            out,
+            shape=(full, rows, step_out),
+            strides=(step_out * out.itemsize, out.strides[0], out.itemsize),
+        )
+        np.matmul(windows, matrix, out=dest)
     if rest:
         sub = subs.get(rest)
         if sub is None:

@@ -231,22 +231,24 @@ def test_a_long_signal_on_one_leg_equals_the_same_leg_in_a_ticked_batch(
     in_rate: int, out_rate: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The few-legs path (each leg's groups as strided windows) and the batch path agree."""
-    strided: list[int] = []
+    strided: list[int] = []  # ndim of every strided view: 3 = all legs' groups, 2 = one leg's
 
     def counting(*args: object, **kwargs: object) -> object:
-        strided.append(1)
-        return as_strided(*args, **kwargs)  # type: ignore[arg-type]
+        view = as_strided(*args, **kwargs)  # type: ignore[call-overload]
+        strided.append(view.ndim)
+        return view
 
     monkeypatch.setattr(resample_module, "as_strided", counting)
     legs, tick = 48, in_rate // 50
     x = _speech_like(legs, in_rate, 0.2, seed=9)
     batch = Resampler(legs, in_rate, out_rate)
     ticked = _in_chunks(batch, x, [tick] * 9)
-    assert not strided  # 48 legs per tick: one matmul per group for all legs
+    assert strided and set(strided) == {3}  # 48 legs per tick: every group of all legs at once
+    strided.clear()
     for leg in (0, 17, 47):
         alone = Resampler(1, in_rate, out_rate).process(x[leg : leg + 1])
         np.testing.assert_allclose(alone[0], ticked[leg], rtol=0, atol=0.05)
-    assert strided  # one leg, 0.2 s: a few matmuls over strided windows
+    assert strided and set(strided) == {2}  # one leg, 0.2 s: a few matmuls over strided windows
 
 
 def test_identity_passes_samples_through() -> None:
