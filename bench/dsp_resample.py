@@ -20,6 +20,13 @@ budget are marked. The pairs that run a cascade or a half-band stage are also
 timed against the plain one-stage polyphase design of the same pair
 (``design_filter(..., one_stage=True)``, what this module used before).
 
+Pairs over budget: each one's matmuls alone (no buffer work), at the designed
+group size and at the best of a sweep of group sizes, next to the filters'
+nonzero multiply-adds at this core's sgemm rate (measured in the same run):
+what a kernel with no band zeros and no packing would need. The gap between
+the first two is Python-side work; between the matmuls and "at peak" it is
+the band's zeros and BLAS packing, which no group size removes.
+
 Quality: passband deviation up to 0.45 x the lower rate, THD+N of a 1 kHz
 sine at -3 dBFS (8k->16k, 8k->48k, int16 output) and the level of a 5 kHz
 tone after 48k->8k, for ours, soxr HQ, and scipy's ``resample_poly`` applied
@@ -41,7 +48,14 @@ import soxr
 from numpy.typing import NDArray
 from scipy.signal import resample_poly
 
-from dsp.resample import SUPPORTED_RATES, Resampler, design_filter
+from dsp.resample import (
+    SUPPORTED_RATES,
+    PolyphaseStage,
+    Resampler,
+    _banded_matrix,
+    _multiply_groups,
+    design_filter,
+)
 
 LEGS = 1000
 AV_LEGS = 50
@@ -158,7 +172,7 @@ def _tick_section(rng: np.random.Generator) -> None:
     print(f"* PyAV: one AudioResampler per leg, timed on {AV_LEGS} legs, scaled x{LEGS // AV_LEGS}")
 
 
-def _all_pairs_section(rng: np.random.Generator) -> None:
+def _all_pairs_section(rng: np.random.Generator) -> dict[tuple[int, int], float]:
     print(
         f"-- ours, every pair: ms per 20 ms tick at {LEGS} legs (rows: from, columns: to; "
         "median of 9 rounds of 4 ticks; * over 2 ms) --"
@@ -177,6 +191,89 @@ def _all_pairs_section(rng: np.random.Generator) -> None:
             f"{cells[a, b]:>7.2f}{'*' if cells[a, b] > BUDGET_MS else ' '}" for b in SUPPORTED_RATES
         )
         print(f"{a // 1000:>7}k" + row)
+    return cells
+
+
+FLOOR_PERIODS = (1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40)
+"""Group sizes (periods per matmul) the floor section tries on a pair's biggest stage."""
+
+
+def _stage_matmuls(
+    stage: PolyphaseStage, periods_per_group: int, rng: np.random.Generator
+) -> Callable[[], object]:
+    """One tick of ``stage``'s matmuls at 1000 legs with ``periods_per_group``, nothing else."""
+    if stage.halfband:  # the matmul runs on the even samples with the nonzero taps
+        taps, up, down, history = 2.0 * stage.taps[0::2], 1, 1, len(stage.taps[0::2]) - 1
+        periods = stage.in_rate // 50 // 2
+    else:
+        taps, up, down, history = stage.taps, stage.up, stage.down, stage.history
+        periods = stage.in_rate // 50 // stage.down
+    matrix = _banded_matrix(taps, up, down, history, periods_per_group)
+    buf = rng.standard_normal((LEGS, history + periods * down)).astype(np.float32)
+    out = np.empty((LEGS, periods * up), dtype=np.float32)
+    return partial(_multiply_groups, buf, matrix, {}, down, up, periods_per_group, periods, out)
+
+
+def _sgemm_gmacs(rng: np.random.Generator) -> float:
+    """This core's float32 matmul rate (multiply-adds/s) on a BLAS-friendly shape."""
+    a = rng.standard_normal((LEGS, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 256)).astype(np.float32)
+    (ms,) = _interleaved_ms([partial(np.matmul, a, b)], number=10, repeat=7)
+    return LEGS * 256 * 256 / (ms * 1e-3)
+
+
+def _nonzero_macs(a: int, b: int) -> float:
+    """Multiply-adds per tick at 1000 legs if only the filters' nonzero taps were applied."""
+    total = 0.0
+    for st in design_filter(a, b).stages:
+        outputs = st.out_rate // 50
+        total += outputs * np.count_nonzero(st.taps) / st.up
+    return total * LEGS
+
+
+def _floor_section(rng: np.random.Generator, cells: dict[tuple[int, int], float]) -> None:
+    """Why the pairs over budget stay over: their matmuls alone, at any group size."""
+    over = [pair for pair, ms in cells.items() if ms > BUDGET_MS]
+    if not over:
+        return
+    peak = _sgemm_gmacs(rng)
+    print(
+        f"-- pairs over {BUDGET_MS:g} ms: the matmuls alone, ms per tick at {LEGS} legs "
+        f"(this core's sgemm: {peak / 1e9:.1f} GMAC/s) --"
+    )
+    print(_row("pair", "ours", "matmuls", "best P", "at peak*") + "   best periods per group")
+    for a, b in over:
+        pcm = (rng.standard_normal((LEGS, a // 50)) * 3000).astype(np.int16)
+        stages = design_filter(a, b).stages
+        main = max(range(len(stages)), key=lambda i: len(stages[i].taps))
+        designed = [_stage_matmuls(st, st.periods, rng) for st in stages]
+        others = (
+            sum(_interleaved_ms(designed[:main] + designed[main + 1 :], number=4, repeat=5))
+            if len(stages) > 1
+            else 0.0
+        )
+        sweep = [p for p in FLOOR_PERIODS if p * stages[main].up <= 160]
+        fns: list[Callable[[], object]] = [
+            partial(Resampler(LEGS, a, b).process, pcm),
+            designed[main],
+            *(_stage_matmuls(stages[main], p, rng) for p in sweep),
+        ]
+        t_ours, t_main, *t_sweep = _interleaved_ms(fns, number=4, repeat=5)
+        best = min(range(len(sweep)), key=lambda i: t_sweep[i])
+        print(
+            _row(
+                _label(a, b),
+                t_ours,
+                t_main + others,
+                t_sweep[best] + others,
+                _nonzero_macs(a, b) / peak * 1e3,
+            )
+            + f"   {sweep[best]} (designed: {stages[main].periods})"
+        )
+    print(
+        "* at peak: the filters' nonzero multiply-adds at the sgemm rate above, i.e. a kernel\n"
+        "  with no band zeros and no packing (not reachable through a numpy matmul)"
+    )
 
 
 def _structure_section(rng: np.random.Generator) -> None:
@@ -314,7 +411,8 @@ def main() -> None:
     with _one_blas_thread() as threads:
         print(f"== resample: streaming polyphase vs soxr / PyAV ({threads}) ==")
         _tick_section(rng)
-        _all_pairs_section(rng)
+        cells = _all_pairs_section(rng)
+        _floor_section(rng, cells)
         _structure_section(rng)
         _long_section(rng)
     _quality_section()
