@@ -55,11 +55,10 @@ stage at the output rate costs per output about what one stage does),
 half-band stages with a wide transition, and one matmul per phase over all
 legs' windows at once (contiguous output rows; ~12 % faster only for 48k<->64k,
 where few windows straddle two legs, and no pair under budget that way).
-The matmuls run at 60-80 % of this core's sgemm peak on the multiply-adds they
-do, so what remains over
-the 2 ms budget at 1000 legs (16k/24k/32k/48k->64k, 48k->32k, 32k->48k and
-every pair from 64k) is multiply-adds the filter spec and the band's zeros
-need, not overhead. Per output, a group of P periods costs about
+The matmuls run at 60-80 % of this core's sgemm peak on the multiply-adds
+they do, so what remains over the 2 ms budget at 1000 legs (16k/24k/32k/48k
+->64k, 48k->32k, 32k->48k and every pair from 64k) is multiply-adds the
+filter spec and the band's zeros need, not overhead. Per output, a group of P periods costs about
 ``(J + M*P) * (1 + c / (L*P))`` multiply-add times, J the nonzero taps per
 output: the band's zeros add ``M*P``, and BLAS packs each window element once
 per call at the price of c ~ 13-17 multiply-adds (measured on the reference
