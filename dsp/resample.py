@@ -56,20 +56,21 @@ half-band stages with a wide transition, and one matmul per phase over all
 legs' windows at once (contiguous output rows; ~12 % faster only for 48k<->64k,
 where few windows straddle two legs, and no pair under budget that way).
 The matmuls run at 60-80 % of this core's sgemm peak on the multiply-adds
-they do, so what remains over the 2 ms budget at 1000 legs (16k/24k/32k/48k
-->64k, 48k->32k, 32k->48k and every pair from 64k) is multiply-adds the
-filter spec and the band's zeros need, not overhead. Per output, a group of P periods costs about
-``(J + M*P) * (1 + c / (L*P))`` multiply-add times, J the nonzero taps per
-output: the band's zeros add ``M*P``, and BLAS packs each window element once
-per call at the price of c ~ 13-17 multiply-adds (measured on the reference
-core), shared by the group's ``L*P`` outputs. Small groups waste packing,
-large ones multiply zeros; at the best P, 48k<->64k still takes ~2.7x the
-nonzero multiply-adds' time. ``bench/dsp_resample.py`` times every over-budget
-pair's matmuls alone over a sweep of P (the designed P is within a few % of
-the best) next to the nonzero multiply-adds at the core's sgemm rate. Also
-measured and dropped: time-major buffers (``[samples, legs]``: ~10-20 % faster
-matmuls, but each transpose in or out costs 0.7-1.4 ms) and legs processed in
-cache-sized blocks (no gain beyond noise).
+they do, so what remains over the 2 ms budget at 1000 legs (16k, 24k, 32k
+and 48k to 64k, 48k<->32k, and every pair from 64k) is multiply-adds the
+filter spec and the band's zeros need, not overhead. Per output, a group of
+P periods costs about ``(J + M*P) * (1 + c / (L*P))`` multiply-add times, J
+the nonzero taps per output: the band's zeros add ``M*P``, and BLAS packs
+each window element once per call at the price of c ~ 13-17 multiply-adds
+(measured on the reference core), shared by the group's ``L*P`` outputs.
+Small groups waste packing, large ones multiply zeros; at the best P,
+48k<->64k still takes ~2.7x the nonzero multiply-adds' time.
+``bench/dsp_resample.py`` times every over-budget pair's matmuls alone over a
+sweep of P (the designed P is within a few % of the best) next to the nonzero
+multiply-adds at the core's sgemm rate. Also measured and dropped: time-major
+buffers (``[samples, legs]``: ~10-20 % faster matmuls, but each transpose in
+or out costs 0.7-1.4 ms) and legs processed in cache-sized blocks (no gain
+beyond noise).
 
 Filters: equiripple (Parks-McClellan) low-pass with the passband up to 0.45 x
 the lower rate, the stopband from 0.55 x the lower rate, i.e. the transition
@@ -450,13 +451,13 @@ def _multiply_groups(
         windows = as_strided(
             buf,
             shape=(full, rows, width),
-            strides=(step_in * buf.itemsize, buf.strides[0], buf.itemsize),
+            strides=(step_in * buf.strides[1], buf.strides[0], buf.strides[1]),
             writeable=False,
         )
         dest = as_strided(
             out,
             shape=(full, rows, step_out),
-            strides=(step_out * out.itemsize, out.strides[0], out.itemsize),
+            strides=(step_out * out.strides[1], out.strides[0], out.strides[1]),
         )
         np.matmul(windows, matrix, out=dest)
     if rest:
