@@ -20,9 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 import json
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +32,7 @@ from dsp.mix import MixType
 from dsp.resample import Resampler, to_int16
 from dsp.silence import SilenceExpiry
 from dsp.tones import beep
+from mediaserver.audio_decode import AudioDecodeError, decode_audio, resample_whole
 from mediaserver.engine import DtmfKey, EngineClock, Leg, MediaEngine
 from mediaserver.fork import ForkConnectError, WebSocketFork
 from mediaserver.hooks import safe_url
@@ -73,17 +72,6 @@ class PlayAudioError(ValueError):
     """A playAudio message the fork cannot play; the message says why."""
 
 
-def resample_whole(pcm: NDArray[np.int16], rate: int, out_rate: int) -> NDArray[np.int16]:
-    if rate == out_rate or pcm.size == 0:
-        return pcm
-    rs = Resampler(1, rate, out_rate)
-    tail = int(np.ceil(rs.delay * rate / out_rate)) + rs.period * 2
-    out = rs.process_int16(np.concatenate([pcm, np.zeros(tail, np.int16)])[None, :])[0]
-    start = round(rs.delay)
-    trimmed: NDArray[np.int16] = out[start : start + round(pcm.size * out_rate / rate)]
-    return trimmed
-
-
 def decode_play_audio(data: Any, leg_rate: int) -> NDArray[np.int16]:
     """The PCM (mono, at ``leg_rate``) of a playAudio ``data`` object."""
     if not isinstance(data, dict):
@@ -98,18 +86,9 @@ def decode_play_audio(data: Any, leg_rate: int) -> NDArray[np.int16]:
     kind = str(data.get("audioContentType", "raw")).lower()
     if kind in ("wav", "wave"):
         try:
-            with wave.open(io.BytesIO(raw)) as w:
-                if w.getsampwidth() != 2:
-                    raise PlayAudioError("playAudio: wav must be 16-bit PCM")
-                rate, channels = w.getframerate(), w.getnchannels()
-                frames = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-        except (wave.Error, EOFError) as exc:
-            raise PlayAudioError(f"playAudio: not a readable wav file ({exc})") from None
-        if channels > 1:
-            frames = frames[: frames.size // channels * channels].reshape(-1, channels)
-            frames = frames.astype(np.int32).mean(axis=1).astype(np.int16)
-        if rate not in BIDIRECTIONAL_RATES:
-            raise PlayAudioError(f"playAudio: wav sample rate {rate} is not supported")
+            frames, rate = decode_audio(raw, wav_only=True)
+        except AudioDecodeError as exc:
+            raise PlayAudioError(f"playAudio: {exc}") from None
     elif kind == "raw":
         try:
             rate = int(data.get("sampleRate", 8000))

@@ -1,17 +1,15 @@
 """Audio for the ``play`` verb: fetch a URL or read a file, decode, fit the leg.
 
 Owns loading a prompt from ``http(s)://`` (aiohttp GET, time-limited), from
-``file://`` or a plain path, decoding it (WAV PCM16 with the stdlib, any
-other format through PyAV in a worker thread so the event loop never
-blocks), mixing it down to mono and resampling it to the leg's rate. Every
+``file://`` or a plain path, decoding it in a worker thread so the event
+loop never blocks (``mediaserver.audio_decode``: any format and rate FFmpeg
+reads, mixed down to mono) and resampling it to the leg's rate. Every
 failure is a ``PlayError`` naming the URL (without credentials) and why.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import wave
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -19,8 +17,8 @@ import aiohttp
 import numpy as np
 from numpy.typing import NDArray
 
+from mediaserver.audio_decode import AudioDecodeError, decode_audio, resample_whole
 from mediaserver.hooks import safe_url
-from mediaserver.listen import resample_whole
 
 __all__ = ["PlayError", "load_prompt"]
 
@@ -59,36 +57,13 @@ async def _fetch(url: str, timeout: float) -> bytes:
 
 def _decode(data: bytes, name: str) -> tuple[NDArray[np.int16], int]:
     try:
-        with wave.open(io.BytesIO(data)) as w:
-            if w.getsampwidth() == 2:
-                rate, channels = w.getframerate(), w.getnchannels()
-                pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-                if channels > 1:
-                    pcm = pcm[: pcm.size // channels * channels].reshape(-1, channels)
-                    pcm = pcm.astype(np.int32).mean(axis=1).astype(np.int16)
-                return pcm.astype(np.int16), rate
-    except (wave.Error, EOFError):
-        pass  # not a PCM16 WAV: let FFmpeg try
-    import av
-
-    try:
-        chunks = []
-        with av.open(io.BytesIO(data), mode="r") as container:
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=48000)
-            for frame in container.decode(container.streams.audio[0]):
-                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    except (av.error.FFmpegError, IndexError) as exc:
-        raise PlayError(f"play {name}: not audio FFmpeg can decode ({exc})") from None
-    if not chunks:
-        raise PlayError(f"play {name}: no audio in it")
-    return np.concatenate(chunks).astype(np.int16), 48000
+        return decode_audio(data)
+    except AudioDecodeError as exc:
+        raise PlayError(f"play {name}: {exc}") from None
 
 
 async def load_prompt(url: str, rate: int, *, timeout: float = 10.0) -> NDArray[np.int16]:
     """The prompt at ``url`` as mono int16 at ``rate``."""
     data = await _fetch(url, timeout)
     pcm, source_rate = await asyncio.to_thread(_decode, data, safe_url(url))
-    if source_rate not in (8000, 16000, 24000, 32000, 48000, 64000):
-        raise PlayError(f"play {safe_url(url)}: sample rate {source_rate} is not supported")
     return resample_whole(pcm, source_rate, rate)

@@ -41,7 +41,6 @@ import struct
 import sys
 import time
 import uuid
-import wave
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from websockets.headers import build_www_authenticate_basic, parse_authorization
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from mediaserver.audio_decode import AudioDecodeError, decode_audio
 from mediaserver.logs import call_logger, get_logger
 
 __all__ = [
@@ -300,12 +300,11 @@ def load_play_message(path: Path) -> dict[str, Any]:
         data = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"--play {path}: cannot read: {exc.strerror or exc}") from None
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        try:
-            with wave.open(str(path), "rb") as wav:
-                wav.getnframes()
-        except (wave.Error, EOFError) as exc:
-            raise ValueError(f"--play {path}: not a readable WAV file: {exc}") from None
+    if data[:4] in (b"RIFF", b"RF64") and data[8:12] == b"WAVE":
+        try:  # the check the server's playAudio makes: any sample format and rate FFmpeg reads
+            decode_audio(data, wav_only=True)
+        except AudioDecodeError as exc:
+            raise ValueError(f"--play {path}: not a playable WAV file: {exc}") from None
         content = base64.b64encode(data).decode("ascii")
         return {"type": "playAudio", "data": {"audioContent": content, "audioContentType": "wav"}}
     pcm = _decode_to_l16_8k(path)

@@ -299,7 +299,10 @@ async def test_bad_messages_get_error_frames_and_never_end_the_call(receiver: Re
         {"type": "playAudio", "data": {"audioContent": "%%%"}},
         {"type": "playAudio", "data": {"audioContent": "AAAA", "sampleRate": 11025}},
         {"type": "mark"},
-    ]
+        # a damaged WAV (chunk sizes past the end) once raised RuntimeError out of the stdlib
+        {"type": "playAudio", "data": {"audioContentType": "wav", "audioContent":
+                                       base64.b64encode(b"RIFF\x10\0\0\0WAVEjunkjunk").decode()}},
+    ]  # fmt: skip
     async with CallUnderTest(np.zeros(8000 * 3, np.int16)) as call:
         task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=1.5))
         (live,) = await receiver.wait_for_open(1)
@@ -312,6 +315,7 @@ async def test_bad_messages_get_error_frames_and_never_end_the_call(receiver: Re
     assert len(errors) == len(bad)
     assert "not JSON" in errors[0] and "'sing'" in errors[1] and "base64" in errors[2]
     assert "sampleRate" in errors[3] and "data.name" in errors[4]
+    assert "not audio FFmpeg can decode" in errors[5]
 
 
 async def test_queue_limit_and_kill_audio(receiver: Receiver) -> None:

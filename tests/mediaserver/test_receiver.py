@@ -472,6 +472,10 @@ def test_play_of_an_unreadable_file_names_it(tmp_path: Path) -> None:
         load_play_message(junk)
     with pytest.raises(ValueError, match=r"missing\.wav"):
         load_play_message(tmp_path / "missing.wav")
+    damaged = tmp_path / "damaged.wav"  # chunk sizes past the end: the stdlib raised RuntimeError
+    damaged.write_bytes(b"RIFF\x10\0\0\0WAVEjunkjunk")
+    with pytest.raises(ValueError, match=r"damaged\.wav: not a playable WAV file"):
+        load_play_message(damaged)
 
 
 async def test_send_on_open_and_send_reach_the_sender(tmp_path: Path) -> None:
