@@ -110,6 +110,8 @@ def test_bad_bytes_get_an_error_that_says_why() -> None:
         decode_audio(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk", wav_only=True)
     with pytest.raises(AudioDecodeError, match="not audio FFmpeg can decode"):
         decode_audio(b"hello, this is plain text and no audio at all\n" * 4)
+    with pytest.raises(AudioDecodeError, match="sample rate 10 Hz is outside"):
+        decode_audio(_wav(_sine(1.0, 1.0, 10), 10))
 
 
 def test_play_audio_takes_a_44k1_stereo_wav_and_fits_it_to_the_leg() -> None:
