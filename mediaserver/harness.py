@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from dsp.codecs import get_codec
 from dsp.tones import dtmf_tone, tone
 from mediaserver.app import Application
+from mediaserver.audio_decode import AudioDecodeError, decode_audio, resample_whole
 from mediaserver.call import Call
 from mediaserver.engine import EngineClock, Leg, MediaEngine
 from mediaserver.record import RecordingService
@@ -111,23 +112,15 @@ def load_source(spec: str, rate: int, what: str = "--caller") -> NDArray[np.int1
     path = Path(spec)
     if not path.is_file():
         raise HarnessError(f"{what}: no such file {spec!r} (or use tone:FREQ[:S], silence:S)")
-    import av  # only for files: keeps the tone/silence path free of FFmpeg start-up
-
     try:
-        chunks = []
-        with av.open(str(path)) as container:
-            stream = container.streams.audio[0]
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-    except (av.error.FFmpegError, IndexError) as exc:
+        pcm, source_rate = decode_audio(path.read_bytes())
+    except OSError as exc:
+        raise HarnessError(f"{what}: cannot read {spec!r}: {exc.strerror or exc}") from None
+    except AudioDecodeError as exc:
         raise HarnessError(f"{what}: cannot read audio from {spec!r}: {exc}") from None
-    if not chunks:
+    if not pcm.size:
         raise HarnessError(f"{what}: no audio in {spec!r}")
-    return np.concatenate(chunks).astype(np.int16)
+    return resample_whole(pcm, source_rate, rate)
 
 
 class _PcmQueue:

@@ -58,7 +58,7 @@ from websockets.headers import build_www_authenticate_basic, parse_authorization
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from mediaserver.audio_decode import AudioDecodeError, decode_audio
+from mediaserver.audio_decode import AudioDecodeError, decode_audio, resample_whole
 from mediaserver.logs import call_logger, get_logger
 
 __all__ = [
@@ -307,7 +307,7 @@ def load_play_message(path: Path) -> dict[str, Any]:
             raise ValueError(f"--play {path}: not a playable WAV file: {exc}") from None
         content = base64.b64encode(data).decode("ascii")
         return {"type": "playAudio", "data": {"audioContent": content, "audioContentType": "wav"}}
-    pcm = _decode_to_l16_8k(path)
+    pcm = _decode_to_l16_8k(path, data)
     return {
         "type": "playAudio",
         "data": {
@@ -318,26 +318,14 @@ def load_play_message(path: Path) -> dict[str, Any]:
     }
 
 
-def _decode_to_l16_8k(path: Path) -> bytes:
-    import av
-
-    chunks: list[bytes] = []
+def _decode_to_l16_8k(path: Path, data: bytes) -> bytes:
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                raise ValueError(f"--play {path}: no audio stream")
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
-            for frame in container.decode(container.streams.audio[0]):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().astype("<i2").tobytes())
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().astype("<i2").tobytes())
-    except av.error.FFmpegError as exc:
+        pcm, rate = decode_audio(data)
+    except AudioDecodeError as exc:
         raise ValueError(f"--play {path}: cannot decode audio: {exc}") from None
-    pcm = b"".join(chunks)
-    if not pcm:
+    if not pcm.size:
         raise ValueError(f"--play {path}: no audio decoded")
-    return pcm
+    return resample_whole(pcm, rate, 8000).astype("<i2").tobytes()
 
 
 def _describe_sent(message: dict[str, Any] | str | bytes) -> dict[str, Any]:
