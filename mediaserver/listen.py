@@ -42,6 +42,9 @@ __all__ = ["ListenResult", "ListenRun", "decode_play_audio"]
 
 MAX_QUEUED_PLAYS = 10
 MAX_MARKS = 30
+INLINE_DECODE_CHARS = 256 * 1024
+"""playAudio content up to this many base64 characters (~2 s of 48 kHz L16) is
+decoded on the event loop (~2 ms at most); larger clips in a worker thread."""
 
 
 @dataclass
@@ -159,6 +162,9 @@ class ListenRun:
     _stream_carry: bytes = b""
     _started_at: float = 0.0
     _next_play: int = 0
+    # Messages from the far end wait here, in order, behind a playAudio being
+    # decoded in a worker thread; empty when nothing is being decoded.
+    _waiting: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def run(self) -> ListenResult:
         loop = asyncio.get_running_loop()
@@ -255,6 +261,10 @@ class ListenRun:
             )
 
     async def _cleanup(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for task in waiting:
+            task.cancel()  # a decode thread runs on; its clip is dropped
+        await asyncio.gather(*waiting, return_exceptions=True)
         if self._sink is not None:
             self._sink.active = False
             if self._sink in self.leg.listeners:
@@ -285,7 +295,40 @@ class ListenRun:
         if self._fork is not None:
             self._fork.send_text(json.dumps({"type": "error", "error": message}))
 
+    def _in_order(self, handle: Callable[[], None]) -> None:
+        """Run ``handle`` now, or after the messages that wait for a decode if any do."""
+        if not self._waiting:
+            handle()
+            return
+        self._wait_then(handle, None)
+
+    def _wait_then(self, handle: Callable[[], None], work: Callable[[], Any] | None) -> None:
+        """Queue behind what waits: ``handle()``, after running ``work()`` in a thread if given."""
+        before = self._waiting[-1] if self._waiting else None
+
+        async def later() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            if work is not None:
+                await asyncio.to_thread(work)
+            if self._result is None:  # nothing more once the verb has ended
+                handle()
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._waiting.append(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            if t in self._waiting:
+                self._waiting.remove(t)
+            if not t.cancelled() and t.exception() is not None:
+                self.log.error("listen.message_failed", error=repr(t.exception()))
+
+        task.add_done_callback(done)
+
     def _on_text(self, text: str) -> None:
+        self._in_order(lambda: self._handle_text(text))
+
+    def _handle_text(self, text: str) -> None:
         try:
             msg = json.loads(text)
         except json.JSONDecodeError:
@@ -320,10 +363,27 @@ class ListenRun:
     def _play_audio(self, data: Any) -> None:
         if self._bidirectional_refused():
             return
+        content = data.get("audioContent") if isinstance(data, dict) else None
+        if isinstance(content, str) and len(content) > INLINE_DECODE_CHARS:
+            decoded: list[NDArray[np.int16] | PlayAudioError] = []
+
+            def decode() -> None:  # in a worker thread: a long clip must not stall the ticks
+                try:
+                    decoded.append(decode_play_audio(data, self.leg.sample_rate))
+                except PlayAudioError as exc:
+                    decoded.append(exc)
+
+            self._wait_then(lambda: self._enqueue_play(data, decoded[0]), decode)
+            return
         try:
-            pcm = decode_play_audio(data, self.leg.sample_rate)
+            pcm: NDArray[np.int16] | PlayAudioError = decode_play_audio(data, self.leg.sample_rate)
         except PlayAudioError as exc:
-            self._error(str(exc))
+            pcm = exc
+        self._enqueue_play(data, pcm)
+
+    def _enqueue_play(self, data: Any, pcm: NDArray[np.int16] | PlayAudioError) -> None:
+        if isinstance(pcm, PlayAudioError):
+            self._error(str(pcm))
             return
         assert isinstance(data, dict)
         queue = bool(data.get("queuePlay", False))
@@ -388,6 +448,9 @@ class ListenRun:
         self.leg.playback.enqueue(np.zeros(0, np.int16), on_done=reached)
 
     def _on_binary(self, data: bytes) -> None:
+        self._in_order(lambda: self._handle_binary(data))
+
+    def _handle_binary(self, data: bytes) -> None:
         opts = self.options
         if not opts.bidirectional_streaming:
             self._error("binary audio needs bidirectionalAudio.streaming: true")

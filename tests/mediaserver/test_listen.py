@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import time
 import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,9 @@ import pytest
 from dsp.codecs import get_codec
 from dsp.resample import Resampler
 from dsp.tones import tone
+from mediaserver import listen as listen_module
 from mediaserver.engine import EngineClock, Leg, MediaEngine
-from mediaserver.listen import ListenResult, ListenRun
+from mediaserver.listen import INLINE_DECODE_CHARS, ListenResult, ListenRun
 from mediaserver.listen_options import ListenError, parse_listen
 from mediaserver.logs import get_logger
 from mediaserver.receiver import Receiver
@@ -290,6 +292,90 @@ async def test_play_audio_raw_and_wav_reach_the_caller_and_report_play_done(
     assert np.argmax(np.abs(np.fft.rfft(second))) * 8000 / second.size == pytest.approx(1200, abs=5)
     right = rx.audio[:, 1].astype(np.int32)  # played audio is what the caller hears: right
     assert np.abs(right).max() > 1000
+
+
+def long_wav_b64(freq: float, seconds: float) -> str:
+    """A 44.1 kHz stereo WAV long enough to be decoded off the event loop."""
+    t = np.arange(round(seconds * 44100)) / 44100
+    mono = (6000 * np.sin(2 * np.pi * freq * t)).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(np.stack([mono, mono], axis=1).tobytes())
+    content = base64.b64encode(buf.getvalue()).decode()
+    assert len(content) > INLINE_DECODE_CHARS
+    Resampler(1, 48000, 8000)  # design the filter now, as serve's warm-up does, not in the call
+    return content
+
+
+async def test_a_long_clip_decoded_off_the_loop_keeps_its_place_in_the_queue(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_decode = listen_module.decode_play_audio
+
+    def slow_decode(data: Any, leg_rate: int) -> np.ndarray:
+        if len(data["audioContent"]) > INLINE_DECODE_CHARS:
+            time.sleep(0.2)  # a clip that takes long: on the loop this would stall every call
+        return real_decode(data, leg_rate)
+
+    monkeypatch.setattr(listen_module, "decode_play_audio", slow_decode)
+    gaps: list[float] = []
+
+    async def probe() -> None:  # how long the event loop goes without running us
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            gaps.append(time.perf_counter() - before)
+
+    probing = asyncio.create_task(probe())
+    short = base64.b64encode(tone(600.0, 0.3, -10.0).astype("<i2").tobytes()).decode()
+    messages: list[dict[str, Any]] = [
+        {"type": "playAudio", "data": {"audioContent": long_wav_b64(1000.0, 2.0),
+                                       "audioContentType": "wav", "id": "long"}},
+        {"type": "playAudio", "data": {"audioContent": short, "queuePlay": True, "id": "short"}},
+    ]  # fmt: skip
+    async with CallUnderTest(np.zeros(8000 * 4, np.int16)) as call:
+        task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=3.5))
+        (live,) = await receiver.wait_for_open(1)
+        for m in messages:  # back to back: the short one arrives while the long one decodes
+            await receiver.send(live.call_sid, m)
+        await task
+        heard = call.heard()
+    probing.cancel()
+    (rx,) = await receiver.wait_for_calls(1)
+    assert max(gaps) < 0.15  # the 0.2 s decode ran in a thread
+    done = rx.frames_of("playDone")
+    assert [d["data"]["id"] for d in done] == ["long", "short"]
+    assert done[0]["data"]["playbackMilliseconds"] == 2000
+    active = np.flatnonzero(np.abs(heard.astype(np.int32)) > 300)
+    first = heard[active[0] + 800 : active[0] + 14400].astype(np.float64)
+    second = heard[active[0] + 16200 : active[0] + 18200].astype(np.float64)
+    assert np.argmax(np.abs(np.fft.rfft(first))) * 8000 / first.size == pytest.approx(1000, abs=5)
+    assert np.argmax(np.abs(np.fft.rfft(second))) * 8000 / second.size == pytest.approx(600, abs=5)
+
+
+async def test_kill_audio_behind_a_long_decode_kills_that_clip(receiver: Receiver) -> None:
+    data = {"audioContent": long_wav_b64(1000.0, 2.0), "audioContentType": "wav", "id": "long"}
+    long_play = {"type": "playAudio", "data": data}
+    short = base64.b64encode(tone(600.0, 0.3, -10.0).astype("<i2").tobytes()).decode()
+    after = {"type": "playAudio", "data": {"audioContent": short, "id": "after"}}
+    async with CallUnderTest(np.zeros(8000 * 3, np.int16)) as call:
+        task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=2.5))
+        (live,) = await receiver.wait_for_open(1)
+        await receiver.send(live.call_sid, long_play)
+        await receiver.send(live.call_sid, {"type": "killAudio"})
+        await receiver.send(live.call_sid, after)
+        await task
+        heard = call.heard()
+    (rx,) = await receiver.wait_for_calls(1)
+    assert [d["data"]["id"] for d in rx.frames_of("playDone")] == ["after"]
+    active = np.flatnonzero(np.abs(heard.astype(np.int32)) > 300)
+    # the 0.3 s clip, plus at most a tick or two of the long one before the kill
+    assert 2000 <= active.size < 2400 + 800
+    last = heard[active[-1] - 1600 : active[-1]].astype(np.float64)
+    assert np.argmax(np.abs(np.fft.rfft(last))) * 8000 / last.size == pytest.approx(600, abs=5)
 
 
 async def test_bad_messages_get_error_frames_and_never_end_the_call(receiver: Receiver) -> None:
