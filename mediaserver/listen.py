@@ -7,7 +7,9 @@ L16 little-endian frame per 20 ms tick in the chosen mix, the ways the verb
 ends (maxLength, silence timeout, finishOnKey, hangup, far-end close,
 ``disconnect``, connect failure), ``passDtmf`` text frames, and the
 bidirectional messages (playAudio with a queue of 10, playDone, killAudio,
-streaming playback with marks, clearMarks). Bad messages get an error text
+streaming playback with marks, clearMarks). Long playAudio clips are decoded
+in a worker thread, and the messages after one wait for it, so the far end's
+order holds and the ticks never stall. Bad messages get an error text
 frame and a log line; they never end the call. The socket is always closed
 with 1000 when the verb ends.
 
