@@ -47,6 +47,12 @@ MAX_MARKS = 30
 INLINE_DECODE_CHARS = 256 * 1024
 """playAudio content up to this many base64 characters (~2 s of 48 kHz L16) is
 decoded on the event loop (~2 ms at most); larger clips in a worker thread."""
+MAX_WAITING_MESSAGES = 1000
+MAX_WAITING_BYTES = 64 * 1024 * 1024
+"""Bounds on the far end's messages held while a playAudio decodes (two of the
+largest messages the fork accepts); past them a message is dropped with an error."""
+SMALL_MESSAGE_BYTES = 4096
+"""Messages this small (killAudio, disconnect, marks) are held whatever the bytes waiting."""
 
 
 @dataclass
@@ -167,6 +173,7 @@ class ListenRun:
     # Messages from the far end wait here, in order, behind a playAudio being
     # decoded in a worker thread; empty when nothing is being decoded.
     _waiting: list[asyncio.Task[None]] = field(default_factory=list)
+    _waiting_bytes: int = 0
 
     async def run(self) -> ListenResult:
         loop = asyncio.get_running_loop()
@@ -297,16 +304,33 @@ class ListenRun:
         if self._fork is not None:
             self._fork.send_text(json.dumps({"type": "error", "error": message}))
 
-    def _in_order(self, handle: Callable[[], None]) -> None:
-        """Run ``handle`` now, or after the messages that wait for a decode if any do."""
+    def _in_order(self, handle: Callable[[], None], size: int) -> None:
+        """Run ``handle`` now, or after the messages that wait for a decode if any do.
+
+        What waits is bounded: a message of ``size`` bytes that would take the
+        waiting messages past ``MAX_WAITING_MESSAGES`` or (unless it is small,
+        like a killAudio or disconnect) past ``MAX_WAITING_BYTES`` is dropped
+        with an error frame.
+        """
         if not self._waiting:
             handle()
             return
-        self._wait_then(handle, None)
+        if len(self._waiting) >= MAX_WAITING_MESSAGES or (
+            size > SMALL_MESSAGE_BYTES and self._waiting_bytes + size > MAX_WAITING_BYTES
+        ):
+            self._error(
+                f"message dropped: {len(self._waiting)} messages "
+                f"({self._waiting_bytes} bytes) already wait for a playAudio decode"
+            )
+            return
+        self._wait_then(handle, None, size)
 
-    def _wait_then(self, handle: Callable[[], None], work: Callable[[], Any] | None) -> None:
+    def _wait_then(
+        self, handle: Callable[[], None], work: Callable[[], Any] | None, size: int
+    ) -> None:
         """Queue behind what waits: ``handle()``, after running ``work()`` in a thread if given."""
         before = self._waiting[-1] if self._waiting else None
+        self._waiting_bytes += size
 
         async def later() -> None:
             if before is not None:
@@ -320,6 +344,7 @@ class ListenRun:
         self._waiting.append(task)
 
         def done(t: asyncio.Task[None]) -> None:
+            self._waiting_bytes -= size
             if t in self._waiting:
                 self._waiting.remove(t)
             if not t.cancelled() and t.exception() is not None:
@@ -328,7 +353,7 @@ class ListenRun:
         task.add_done_callback(done)
 
     def _on_text(self, text: str) -> None:
-        self._in_order(lambda: self._handle_text(text))
+        self._in_order(lambda: self._handle_text(text), len(text))
 
     def _handle_text(self, text: str) -> None:
         try:
@@ -375,7 +400,7 @@ class ListenRun:
                 except PlayAudioError as exc:
                     decoded.append(exc)
 
-            self._wait_then(lambda: self._enqueue_play(data, decoded[0]), decode)
+            self._wait_then(lambda: self._enqueue_play(data, decoded[0]), decode, len(content))
             return
         try:
             pcm: NDArray[np.int16] | PlayAudioError = decode_play_audio(data, self.leg.sample_rate)
@@ -450,7 +475,7 @@ class ListenRun:
         self.leg.playback.enqueue(np.zeros(0, np.int16), on_done=reached)
 
     def _on_binary(self, data: bytes) -> None:
-        self._in_order(lambda: self._handle_binary(data))
+        self._in_order(lambda: self._handle_binary(data), len(data))
 
     def _handle_binary(self, data: bytes) -> None:
         opts = self.options

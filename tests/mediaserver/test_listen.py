@@ -336,8 +336,9 @@ async def test_a_long_clip_decoded_off_the_loop_keeps_its_place_in_the_queue(
                                        "audioContentType": "wav", "id": "long"}},
         {"type": "playAudio", "data": {"audioContent": short, "queuePlay": True, "id": "short"}},
     ]  # fmt: skip
-    async with CallUnderTest(np.zeros(8000 * 4, np.int16)) as call:
-        task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=3.5))
+    async with CallUnderTest(np.zeros(8000 * 6, np.int16)) as call:
+        # 0.2 s of decode is 1 s of media at the test's speed-up, then 2.3 s of clips
+        task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=5.5))
         (live,) = await receiver.wait_for_open(1)
         for m in messages:  # back to back: the short one arrives while the long one decodes
             await receiver.send(live.call_sid, m)
@@ -376,6 +377,33 @@ async def test_kill_audio_behind_a_long_decode_kills_that_clip(receiver: Receive
     assert 2000 <= active.size < 2400 + 800
     last = heard[active[-1] - 1600 : active[-1]].astype(np.float64)
     assert np.argmax(np.abs(np.fft.rfft(last))) * 8000 / last.size == pytest.approx(600, abs=5)
+
+
+async def test_messages_waiting_for_a_decode_are_bounded(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_decode = listen_module.decode_play_audio
+
+    def slow_decode(data: Any, leg_rate: int) -> np.ndarray:
+        time.sleep(0.3)
+        return real_decode(data, leg_rate)
+
+    monkeypatch.setattr(listen_module, "decode_play_audio", slow_decode)
+    monkeypatch.setattr(listen_module, "MAX_WAITING_MESSAGES", 3)
+    data = {"audioContent": long_wav_b64(1000.0, 2.0), "audioContentType": "wav", "id": "long"}
+    async with CallUnderTest(np.zeros(8000 * 7, np.int16)) as call:
+        # 0.3 s of decode is 1.5 s of media at the test's speed-up, then 2 s of clip
+        task = asyncio.create_task(run_listen(call, url=receiver.url, maxLength=6.5))
+        (live,) = await receiver.wait_for_open(1)
+        await receiver.send(live.call_sid, {"type": "playAudio", "data": data})
+        for i in range(5):  # the decode and 2 marks may wait; the other 3 are dropped
+            await receiver.send(live.call_sid, {"type": "mark", "data": {"name": f"m{i}"}})
+        await task
+    (rx,) = await receiver.wait_for_calls(1)
+    errors = [f["error"] for f in rx.frames_of("error")]
+    assert len(errors) == 3
+    assert all("message dropped: 3 messages" in e for e in errors)
+    assert [d["data"]["id"] for d in rx.frames_of("playDone")] == ["long"]
 
 
 async def test_bad_messages_get_error_frames_and_never_end_the_call(receiver: Receiver) -> None:
