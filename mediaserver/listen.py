@@ -392,21 +392,20 @@ class ListenRun:
             return
         content = data.get("audioContent") if isinstance(data, dict) else None
         if isinstance(content, str) and len(content) > INLINE_DECODE_CHARS:
-            decoded: list[NDArray[np.int16] | PlayAudioError] = []
+            outcome: list[NDArray[np.int16] | PlayAudioError] = []
 
             def decode() -> None:  # in a worker thread: a long clip must not stall the ticks
-                try:
-                    decoded.append(decode_play_audio(data, self.leg.sample_rate))
-                except PlayAudioError as exc:
-                    decoded.append(exc)
+                outcome.append(self._decoded(data))
 
-            self._wait_then(lambda: self._enqueue_play(data, decoded[0]), decode, len(content))
+            self._wait_then(lambda: self._enqueue_play(data, outcome[0]), decode, len(content))
             return
+        self._enqueue_play(data, self._decoded(data))
+
+    def _decoded(self, data: Any) -> NDArray[np.int16] | PlayAudioError:
         try:
-            pcm: NDArray[np.int16] | PlayAudioError = decode_play_audio(data, self.leg.sample_rate)
+            return decode_play_audio(data, self.leg.sample_rate)
         except PlayAudioError as exc:
-            pcm = exc
-        self._enqueue_play(data, pcm)
+            return exc
 
     def _enqueue_play(self, data: Any, pcm: NDArray[np.int16] | PlayAudioError) -> None:
         if isinstance(pcm, PlayAudioError):
