@@ -52,7 +52,6 @@ from dsp.resample import (
     SUPPORTED_RATES,
     PolyphaseStage,
     Resampler,
-    _banded_matrix,
     _multiply_groups,
     design_filter,
 )
@@ -202,13 +201,10 @@ def _stage_matmuls(
     stage: PolyphaseStage, periods_per_group: int, rng: np.random.Generator
 ) -> Callable[[], object]:
     """One tick of ``stage``'s matmuls at 1000 legs with ``periods_per_group``, nothing else."""
-    if stage.halfband:  # the matmul runs on the even samples with the nonzero taps
-        taps, up, down, history = 2.0 * stage.taps[0::2], 1, 1, len(stage.taps[0::2]) - 1
-        periods = stage.in_rate // 50 // 2
-    else:
-        taps, up, down, history = stage.taps, stage.up, stage.down, stage.history
-        periods = stage.in_rate // 50 // stage.down
-    matrix = _banded_matrix(taps, up, down, history, periods_per_group)
+    matrix = stage.group_matrix(periods_per_group)
+    up, down = (1, 1) if stage.halfband else (stage.up, stage.down)  # half-band: even samples
+    periods = stage.in_rate // 50 // stage.down
+    history = matrix.shape[0] - periods_per_group * down
     buf = rng.standard_normal((LEGS, history + periods * down)).astype(np.float32)
     out = np.empty((LEGS, periods * up), dtype=np.float32)
     return partial(_multiply_groups, buf, matrix, {}, down, up, periods_per_group, periods, out)

@@ -159,6 +159,10 @@ class PolyphaseStage:
         """Group delay in this stage's output samples (the filter is linear phase)."""
         return (len(self.taps) - 1) / (2 * self.down)
 
+    def group_matrix(self, periods: int) -> NDArray[np.float32]:
+        """The banded matrix for groups of ``periods`` periods (``matrix`` is the designed one)."""
+        return _stage_matrix(self.taps, self.up, self.down, self.halfband, periods)
+
 
 @dataclass(frozen=True, eq=False)
 class PolyphaseFilter:
@@ -308,6 +312,21 @@ def _banded_matrix(
     return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
+def _stage_matrix(
+    taps: NDArray[np.float64], up: int, down: int, halfband: bool, periods: int
+) -> NDArray[np.float32]:
+    """A stage's banded matrix for groups of ``periods`` periods.
+
+    A half-band stage's matmul runs on the even samples with the nonzero
+    off-centre taps, doubled: the odd sample then enters unscaled (see
+    ``_StageState``).
+    """
+    if halfband:
+        even = 2.0 * taps[0::2]
+        return _banded_matrix(even, 1, 1, len(even) - 1, periods)
+    return _banded_matrix(taps, up, down, -(-len(taps) // up) - 1, periods)
+
+
 def _upsample(taps: NDArray[np.float64], factor: int) -> NDArray[np.float64]:
     """``taps`` with ``factor - 1`` zeros between samples (the filter at ``factor`` x the rate)."""
     out = np.zeros((len(taps) - 1) * factor + 1, dtype=np.float64)
@@ -332,12 +351,8 @@ def _stage(in_rate: int, out_rate: int, low_rate: int, halfband_ok: bool) -> Pol
     halfband = halfband_ok and sharp and (up, down) == (1, 2)
     if halfband:
         taps = _halfband(fs, PASSBAND_EDGE * low_rate)
-        # The matmul runs on the even samples with the nonzero off-centre taps,
-        # doubled: the odd sample then enters unscaled (see _StageState).
-        even = 2.0 * taps[0::2]
         history = len(taps) - 1  # input samples: twice the even samples' history
-        periods = _group_periods(1, 1, len(even) - 1, tick_samples // 2)
-        matrix = _banded_matrix(even, 1, 1, len(even) - 1, periods)
+        periods = _group_periods(1, 1, len(taps[0::2]) - 1, tick_samples // 2)
     else:
         if sharp:
             f_stop, ripple = STOPBAND_EDGE * low_rate, PASSBAND_RIPPLE
@@ -346,7 +361,7 @@ def _stage(in_rate: int, out_rate: int, low_rate: int, halfband_ok: bool) -> Pol
         taps = _lowpass(fs, PASSBAND_EDGE * low_rate, f_stop, ripple) * up
         history = -(-len(taps) // up) - 1
         periods = _group_periods(up, down, history, max(1, tick_samples // down))
-        matrix = _banded_matrix(taps, up, down, history, periods)
+    matrix = _stage_matrix(taps, up, down, halfband, periods)
     taps.flags.writeable = False
     matrix.flags.writeable = False
     return PolyphaseStage(in_rate, out_rate, up, down, taps, halfband, history, periods, matrix)
